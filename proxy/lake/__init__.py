@@ -1,0 +1,1 @@
+"""The lake: append-only Parquet segments in hive layout, read with DuckDB."""
