@@ -1,0 +1,1 @@
+"""Simulated OpenAI-compatible models and the bundled ticket-routing task they answer."""
