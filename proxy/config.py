@@ -226,17 +226,40 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
         raise ConfigError(_format_validation_error(source, exc)) from None
 
 
+def _interpolate_tree(node: Any, env: dict[str, str], where: str, missing: list[str]) -> Any:
+    """Interpolate every string value of parsed YAML; comments are never read."""
+    if isinstance(node, dict):
+        return {
+            k: _interpolate_tree(v, env, f"{where}.{k}" if where else str(k), missing)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate_tree(v, env, f"{where}.{i}", missing) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        try:
+            return interpolate(node, env)
+        except ConfigError as exc:
+            missing.append(f"{where}: {exc}")
+    return node
+
+
 def load_settings(path: str | Path, env: dict[str, str] | None = None) -> Settings:
-    """Read, interpolate and validate a config file; raise ConfigError naming the field."""
+    """Read, interpolate and validate a config file; raise ConfigError naming the field.
+
+    `${VAR}` references are replaced in the parsed values (not the raw text), so a
+    reference inside a YAML comment is ignored and a value cannot inject YAML structure.
+    """
     p = Path(path)
     try:
         raw = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {p}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(interpolate(raw, env))
+        data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+    missing: list[str] = []
+    data = _interpolate_tree(data, dict(os.environ) if env is None else env, "", missing)
+    if missing:
+        raise ConfigError(f"{p}: " + "; ".join(missing))
     return parse_settings(data, str(p))

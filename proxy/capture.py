@@ -1,0 +1,278 @@
+"""What the live path records about one request: its `requests` row and production's answer.
+
+A `Capture` watches one relayed exchange without ever holding it up: it sees production's
+response headers (and then hands a mirrored request to the mirror), every body chunk right
+after the client got it (SSE chunks go to a `StreamAssembler` as they come; a JSON answer is
+kept to be parsed once at the end), and finally writes the production `responses` row.
+Any failure in here is logged and disables the capture; it never breaks the relay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+
+from proxy.config import ProductionSettings
+from proxy.forward import Exchange
+from proxy.lake.recorder import Recorder
+from proxy.lake.rows import OMIT_KEY
+from proxy.lake.schema import PRODUCTION
+from proxy.mirror import Mirror
+from proxy.sampling import SamplingDecision
+from proxy.streaming import AssembledOutput, StreamAssembler, parse_completion
+
+log = structlog.get_logger("shadoweval.capture")
+
+EMBEDDINGS = "/v1/embeddings"
+# An answer larger than this is relayed in full but not kept for the lake.
+MAX_CAPTURE_BYTES = 8 * 1024 * 1024
+# Embeddings answers can be huge; their usage sits at the end, so only the tail is kept.
+_TAIL_BYTES = 4096
+_USAGE_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+
+
+def prompt_part(route: str, body: Mapping[str, Any]) -> Any:
+    """The part of a request body that is the prompt: messages, prompt, or input."""
+    if route == "/v1/chat/completions":
+        return body.get("messages")
+    if route == "/v1/completions":
+        return body.get("prompt")
+    if route == "/v1/responses" and body.get("instructions") is not None:
+        return {"instructions": body.get("instructions"), "input": body.get("input")}
+    return body.get("input")
+
+
+def prompt_hash(route: str, body: Mapping[str, Any]) -> str | None:
+    """sha256 hex of the prompt part, canonically serialised; None when there is none."""
+    part = prompt_part(route, body)
+    if part is None:
+        return None
+    try:
+        canonical = orjson.dumps(part, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def request_row(
+    *,
+    request_id: str,
+    received_at: datetime,
+    route: str,
+    method: str,
+    raw_body: bytes,
+    body: dict[str, Any] | None,
+    decision: SamplingDecision,
+    omit: bool,
+) -> dict[str, Any]:
+    """The `requests` row; the body goes in as received (the recorder decodes and redacts)."""
+    model = body.get("model") if body is not None else None
+    return {
+        "request_id": request_id,
+        "received_at": received_at,
+        "route": route,
+        "method": method,
+        "model": model if isinstance(model, str) else None,
+        "stream": body is not None and body.get("stream") is True,
+        "body": raw_body if raw_body else None,
+        "prompt_hash": prompt_hash(route, body) if body is not None else None,
+        "session_id": decision.session_id,
+        "tags": list(decision.tags),
+        "sample_rate": decision.sample_rate,
+        "mirrored": decision.mirrored,
+        "content_omitted": omit,
+        OMIT_KEY: omit,
+    }
+
+
+def production_cost(production: ProductionSettings, output: AssembledOutput | None) -> float | None:
+    """USD for one production call from its usage and `production.price_*`; None without usage."""
+    if output is None or (output.prompt_tokens is None and output.completion_tokens is None):
+        return None
+    return (
+        (output.prompt_tokens or 0) * production.price_input_per_mtok
+        + (output.completion_tokens or 0) * production.price_output_per_mtok
+    ) / 1_000_000
+
+
+def _error_code(body: bytes) -> str | None:
+    """The short code or type of an OpenAI-style error body (never its message)."""
+    try:
+        err = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(err, dict):
+        value = err.get("code") or err.get("type")
+        return str(value)[:100] if value else None
+    return None
+
+
+class Capture:
+    """Observes one production exchange on a recorded route and records what it saw."""
+
+    def __init__(
+        self,
+        *,
+        recorder: Recorder,
+        mirror: Mirror,
+        production: ProductionSettings,
+        request_id: str,
+        route: str,
+        body: dict[str, Any] | None,
+        stream: bool,
+        decision: SamplingDecision,
+        omit: bool,
+    ) -> None:
+        """Start watching: nothing is recorded for the answer until `finish`."""
+        self._recorder = recorder
+        self._mirror = mirror
+        self._production = production
+        self.request_id = request_id
+        self.route = route
+        self._body = body
+        self._stream = stream
+        self._decision = decision
+        self._omit = omit
+        self._submitted = False
+        self._assembler: StreamAssembler | None = None
+        self._parts: list[bytes] | None = None
+        self._size = 0
+        self._tail = b""
+        self._inflate: Any = None
+        self._broken = False
+
+    def submit_mirror(self) -> None:
+        """Hand a mirrored request to the mirror, once, after production was asked."""
+        if self._submitted or not self._decision.mirrored or self._body is None:
+            return
+        self._submitted = True
+        try:
+            self._mirror.submit(
+                self.request_id, self.route, self._body, self._stream, omit_content=self._omit
+            )
+        except Exception:
+            log.exception("mirror submit failed", route=self.route)
+
+    def on_headers(self, upstream: aiohttp.ClientResponse) -> None:
+        """Production answered: choose how to read its body, then start the shadow calls."""
+        try:
+            ctype = upstream.headers.get("Content-Type", "")
+            encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+            if encoding in ("gzip", "deflate", "x-gzip"):
+                # Asked for identity, got compressed anyway: inflate a copy for the record.
+                self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)
+            elif encoding not in ("", "identity"):
+                self._broken = True  # an encoding we do not decode: relay only
+            if ctype.startswith("text/event-stream"):
+                self._assembler = StreamAssembler()
+            elif self.route != EMBEDDINGS or upstream.status >= 400:
+                self._parts = []
+        except Exception:
+            self._fail("reading production's headers")
+        self.submit_mirror()
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """One body chunk, already written to the client."""
+        if self._broken:
+            return
+        try:
+            if self._inflate is not None:
+                chunk = self._inflate.decompress(chunk)
+            if self._assembler is not None:
+                self._assembler.feed(chunk)
+            elif self._parts is not None:
+                self._size += len(chunk)
+                if self._size > MAX_CAPTURE_BYTES:
+                    self._parts = None
+                    self._broken = True
+                else:
+                    self._parts.append(chunk)
+            else:
+                self._tail = (self._tail + chunk)[-_TAIL_BYTES:]
+        except Exception:
+            self._fail("reading production's answer")
+
+    def _fail(self, what: str) -> None:
+        """Stop capturing this answer (the relay goes on) and say why, once."""
+        self._broken = True
+        self._assembler = None
+        self._parts = None
+        log.warning("answer not captured", route=self.route, step=what, exc_info=True)
+
+    def _output(self, status: int | None) -> tuple[AssembledOutput | None, str | None]:
+        """The assembled output (None on an error status) and an error code if any."""
+        if self._broken:
+            return None, None
+        if self._assembler is not None:
+            return self._assembler.result(), None
+        if self._parts is not None:
+            raw = b"".join(self._parts)
+            if status is not None and status >= 400:
+                return None, _error_code(raw)
+            return parse_completion(raw), None
+        match = _USAGE_RE.search(self._tail)
+        if match is None:
+            return None, None
+        n = int(match.group(1))
+        usage = AssembledOutput(
+            text=None,
+            finish_reason=None,
+            prompt_tokens=n,
+            completion_tokens=None,
+            logprobs=None,
+            model=None,
+            complete=True,
+        )
+        return usage, None
+
+    def finish(self, exchange: Exchange) -> None:
+        """Record production's `responses` row (also after failures and disconnects).
+
+        A mirrored request whose production answer never started (timeout, disconnect) is
+        still handed to the mirror now; one production could not even be sent to is not.
+        """
+        if exchange.error != "connect":
+            self.submit_mirror()
+        try:
+            output, code = self._output(exchange.status)
+        except Exception:
+            log.warning("answer not parsed", route=self.route, exc_info=True)
+            output, code = None, None
+        error, detail = exchange.error, exchange.error_detail
+        if error is None and exchange.status is not None and exchange.status >= 400:
+            error, detail = "http", code
+        model = output.model if output is not None and output.model else None
+        if model is None and self._body is not None and isinstance(self._body.get("model"), str):
+            model = self._body["model"]
+        self._recorder.record(
+            "responses",
+            {
+                "request_id": self.request_id,
+                "target": PRODUCTION,
+                "source": "live",
+                "model": model,
+                "status": exchange.status,
+                "error": error,
+                "error_detail": detail,
+                "started_at": exchange.started_at,
+                "ttft_ms": exchange.ttft_ms if self._assembler is not None else None,
+                "latency_ms": exchange.latency_ms,
+                "output_text": output.text if output is not None else None,
+                "finish_reason": output.finish_reason if output is not None else None,
+                "prompt_tokens": output.prompt_tokens if output is not None else None,
+                "completion_tokens": output.completion_tokens if output is not None else None,
+                "cost_usd": production_cost(self._production, output),
+                "logprobs": output.logprobs if output is not None else None,
+                "stream": self._stream,
+                "attempt": 0,
+                OMIT_KEY: self._omit,
+            },
+        )

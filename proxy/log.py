@@ -1,0 +1,85 @@
+"""structlog, configured once per process: JSON lines for machines, console for a terminal.
+
+Every log line of the proxy, including aiohttp's own, goes through the same processors,
+so an operator's log pipeline sees one format. Request-scoped fields (`request_id`) are
+bound with `structlog.contextvars` by the app's middleware. Nothing here ever logs a
+request body or a header; callers pass only ids, routes, statuses and timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+from proxy.config import LoggingSettings
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    """structlog's serializer: orjson, with str() for anything it cannot encode."""
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def wants_console(fmt: str, stream: TextIO) -> bool:
+    """`auto` means console rendering on a terminal and JSON lines everywhere else."""
+    if fmt == "auto":
+        isatty = getattr(stream, "isatty", None)
+        return bool(isatty and isatty())
+    return fmt == "console"
+
+
+def configure_logging(
+    settings: LoggingSettings, *, stream: TextIO | None = None, cache: bool = True
+) -> None:
+    """Route structlog and stdlib logging to `stream` (stderr) in one format, at one level.
+
+    `cache` freezes each logger's configuration on first use (faster); tests that
+    reconfigure logging in one process pass False.
+    """
+    out = stream if stream is not None else sys.stderr
+    level = _LEVELS[settings.level]
+    console = wants_console(settings.format, out)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    tail: list[Any] = [] if console else [structlog.processors.dict_tracebacks]
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=cache,
+    )
+    # Library loggers (aiohttp, asyncio) render through the same processors.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's own access log is replaced by the proxy's one line per request.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,78 @@
+"""The proxy's own Prometheus metrics, on the registry of one app.
+
+Each app gets its own `CollectorRegistry` (tests build many apps in one process), and
+every component registers its metrics there; `/metrics` exposes that one registry.
+Route labels are resource patterns (`/v1/chat/completions`, `/v1/{tail}`), never raw
+paths, so the number of series stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+# Seconds; LLM calls range from tens of milliseconds (embeddings) to minutes (long streams).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
+
+
+class ProxyMetrics:
+    """Requests by route and status, latency histograms, requests in flight."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Register the metrics on `registry` (one registry per app)."""
+        self.registry = registry
+        self.requests = Counter(
+            "shadoweval_http_requests",
+            "Requests answered by the proxy, by route pattern and HTTP status.",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "shadoweval_http_request_duration_seconds",
+            "Time from receiving a request to the end of its response, by route pattern.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_latency = Histogram(
+            "shadoweval_upstream_response_seconds",
+            "Time from sending a request to production to its response headers, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "shadoweval_upstream_errors",
+            "Production calls that failed in the proxy (connect, timeout, invalid, dropped).",
+            ["kind"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "shadoweval_http_requests_in_flight",
+            "Requests the proxy is handling right now.",
+            registry=registry,
+        )
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+def metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A `/metrics` handler rendering `registry` in the Prometheus text format."""
+
+    async def handle(request: web.Request) -> web.Response:
+        """Render the registry; the client library picks text or OpenMetrics."""
+        # The client library picks the format the scraper asks for (text or OpenMetrics).
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+
+    return handle

@@ -1,0 +1,183 @@
+"""Run the proxy: one process, or N worker processes sharing one port.
+
+SIGTERM or SIGINT starts a graceful shutdown: stop accepting connections, let in-flight
+requests finish within `server.shutdown_grace_s`, drain or count shadow calls in what is
+left of that time, flush every record, exit 0. With `--workers N` each worker is its own
+process (own event loop, upstream pool, recorder and lake writer id) bound to the same
+port with SO_REUSEPORT, so the kernel spreads connections across them; the parent only
+starts them, forwards signals and reports how they ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from proxy.app import LIFECYCLE, create_app
+from proxy.config import Settings
+from proxy.errors import ConfigError, ShadowevalError
+from proxy.log import configure_logging
+
+log = structlog.get_logger("shadoweval.server")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (faster I/O), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return None
+    return uvloop.new_event_loop
+
+
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner both `serve` and the tests use: our access log, graceful shutdown,
+    and a handler cancelled when its client disconnects (which cancels the upstream call)."""
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_grace_s,
+        handler_cancellation=True,
+    )
+
+
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    app = create_app(settings)
+    runner = make_runner(app, settings)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        site = web.TCPSite(
+            runner,
+            settings.server.host,
+            settings.server.port,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{settings.server.host}:{settings.server.port}"
+            raise ShadowevalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "listening",
+            host=settings.server.host,
+            port=settings.server.port,
+            production=settings.production.base_url,
+            candidates=[c.name for c in settings.candidates if c.enabled],
+        )
+        await stop.wait()
+        grace = settings.server.shutdown_grace_s
+        log.info("shutting down", grace_s=grace)
+        app[LIFECYCLE].begin_drain(grace)
+    finally:
+        await runner.cleanup()
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def run_single(settings: Settings, *, reuse_port: bool = False) -> int:
+    """Run one proxy process in the foreground; 0 after a graceful shutdown."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(settings, reuse_port=reuse_port))
+    return 0
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """A worker's settings: a configured lake writer id gets the worker's index appended
+    (without one, each process already names its segments after its pid)."""
+    writer_id = settings.storage.writer_id
+    if writer_id is None:
+        return settings
+    storage = settings.storage.model_copy(update={"writer_id": f"{writer_id}-w{index}"})
+    return settings.model_copy(update={"storage": storage})
+
+
+def _worker_main(settings: Settings, index: int) -> None:
+    """Entry point of one worker process (spawned, so it starts from a clean interpreter)."""
+    configure_logging(settings.logging)
+    structlog.contextvars.bind_contextvars(worker=index)
+    try:
+        code = run_single(settings, reuse_port=True)
+    except ShadowevalError as exc:
+        log.error("worker cannot start", error=str(exc))
+        code = 2
+    sys.exit(code)
+
+
+def run_workers(settings: Settings, workers: int) -> int:
+    """Run `workers` processes on one port; forward SIGTERM/SIGINT; 0 if all ended cleanly."""
+    if settings.server.port == 0:
+        raise ConfigError("server.port: must be a fixed port (not 0) when running several workers")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(worker_settings(settings, i), i),
+            name=f"shadoweval-worker-{i}",
+        )
+        for i in range(workers)
+    ]
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        """Forward a stop signal to every started worker, once they exist."""
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.terminate()  # SIGTERM: each worker shuts down gracefully
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    try:
+        for p in procs:
+            if stopping:
+                break  # a signal arrived while starting: start no more
+            p.start()
+        started = [p for p in procs if p.pid is not None]
+        if stopping:
+            on_signal(signal.SIGTERM, None)
+        log.info("workers started", workers=workers, pids=[p.pid for p in started])
+        failed = False
+        while any(p.exitcode is None for p in started):
+            alive = [p.sentinel for p in started if p.exitcode is None]
+            multiprocessing.connection.wait(alive, timeout=1.0)
+            for p in started:
+                if p.exitcode is not None and p.exitcode != 0 and not failed:
+                    failed = True
+                    log.error("worker exited", worker=p.name, exitcode=p.exitcode)
+                    if not stopping:
+                        # A crashed worker means lost capacity: stop all, let the supervisor restart.
+                        on_signal(signal.SIGTERM, None)
+        for p in started:
+            p.join()
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(settings: Settings, *, workers: int | None = None) -> int:
+    """Run the proxy as configured (`workers` overrides `server.workers`)."""
+    n = workers if workers is not None else settings.server.workers
+    if n <= 1:
+        return run_single(settings)
+    return run_workers(settings, n)

@@ -1,0 +1,286 @@
+"""`shadoweval serve` as a real process: graceful SIGTERM/SIGINT, and several workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from proxy.config import parse_settings
+from proxy.errors import ConfigError
+from proxy.lake.reader import connect
+from proxy.server import run_workers, worker_settings
+from shadoweval.cli import main
+from tests.proxy.conftest import FakeUpstream
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET_PROMPT = "PROMPT-CONTENT-7f3a"
+SECRET_KEY = "sk-client-secret-9b2c"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+class Proc:
+    """A `shadoweval serve` subprocess and what it logged."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, config: dict[str, Any]) -> None:
+        self.proc = proc
+        self.port = port
+        self.config = config
+        self.stderr = b""
+        self._reader = asyncio.create_task(self._read_stderr())
+
+    async def _read_stderr(self) -> None:
+        """Collect the log as it is written (a full pipe would block the proxy)."""
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(65536):
+            self.stderr += chunk
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"serve exited with {self.proc.returncode}")
+                try:
+                    async with s.get(self.url + "/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError("serve never became ready")
+
+    async def wait(self, within: float = 60.0) -> int:
+        await asyncio.wait_for(asyncio.shield(self._reader), within)
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.stderr.decode().splitlines():
+            with suppress(json.JSONDecodeError):
+                lines.append(json.loads(raw))
+        return lines
+
+
+@asynccontextmanager
+async def serve(
+    tmp_path: Path, production_url: str, *extra: str, **server: Any
+) -> AsyncIterator[Proc]:
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 10, **server},
+        "production": {"base_url": production_url, "read_timeout_s": 30},
+        "storage": {"data_dir": str(tmp_path / "lake"), "flush_interval_s": 0.5},
+        "logging": {"format": "json", "level": "info"},
+    }
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shadoweval", "serve", "--config", str(path), *extra,
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    p = Proc(proc, port, config)
+    try:
+        yield p
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await p._reader
+
+
+async def until(check: Callable[[], bool], within: float) -> None:
+    """Poll `check` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def slow_answer(upstream: FakeUpstream, seconds: float, entered: asyncio.Event) -> None:
+    original = upstream.chat
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        entered.set()
+        await asyncio.sleep(seconds)
+        return await original(request)
+
+    upstream.handlers[("POST", "/v1/chat/completions")] = slow
+
+
+async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    entered = asyncio.Event()
+    slow_answer(upstream, 1.5, entered)
+    async with serve(tmp_path, upstream.base_url) as proc:
+        await proc.wait_ready()
+        body = {"model": "m", "messages": [{"role": "user", "content": SECRET_PROMPT}]}
+        async with aiohttp.ClientSession() as s:
+            request = asyncio.create_task(
+                s.post(
+                    proc.url + "/v1/chat/completions",
+                    json=body,
+                    headers={"Authorization": f"Bearer {SECRET_KEY}"},
+                )
+            )
+            await entered.wait()
+            proc.proc.send_signal(signal.SIGTERM)
+            # New connections are refused at once, while the in-flight one is still served.
+            await until(lambda: refused(proc.port), within=5)
+            assert not request.done()
+            resp = await request
+            assert resp.status == 200
+            assert (await resp.json())["choices"][0]["message"][
+                "content"
+            ] == "Hello from the production model."
+        assert await proc.wait() == 0
+    lines = proc.log_lines()
+    events = [line.get("event") for line in lines]
+    assert "shutting down" in events and events[-1] == "stopped"
+    access = [line for line in lines if line.get("event") == "access"]
+    assert len(access) >= 1
+    line = next(a for a in access if a["route"] == "/v1/chat/completions")
+    assert line["status"] == 200 and line["latency_ms"] > 1000 and line["upstream_ms"] > 1000
+    assert len(line["request_id"]) == 26
+    # Never prompt content, never credentials.
+    assert SECRET_PROMPT.encode() not in proc.stderr
+    assert SECRET_KEY.encode() not in proc.stderr
+    # Zero records lost: the in-flight request and its answer were flushed before exit.
+    con = connect(tmp_path / "lake")
+    assert con.execute("SELECT request_id FROM requests").fetchall() == [(line["request_id"],)]
+    assert con.execute("SELECT target, status FROM responses").fetchall() == [("production", 200)]
+
+
+async def test_grace_period_bounds_shutdown(tmp_path: Path, upstream: FakeUpstream) -> None:
+    entered = asyncio.Event()
+    slow_answer(upstream, 60, entered)
+    async with serve(tmp_path, upstream.base_url, shutdown_grace_s=0.5) as proc:
+        await proc.wait_ready()
+        async with aiohttp.ClientSession() as s:
+            request = asyncio.create_task(
+                s.post(proc.url + "/v1/chat/completions", json={"model": "m"})
+            )
+            await entered.wait()
+            t0 = time.monotonic()
+            proc.proc.send_signal(signal.SIGINT)
+            assert await proc.wait(within=30) == 0
+            elapsed = time.monotonic() - t0
+            with pytest.raises(aiohttp.ClientError):
+                resp = await request
+                await resp.read()
+    # Far below the 60 s the upstream would take; the grace period (0.5 s) applied.
+    assert elapsed < 15
+    await asyncio.sleep(0.2)
+    assert upstream.cancelled == 1
+
+
+async def test_workers_share_one_port_and_stop_together(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
+        await proc.wait_ready()
+        async with aiohttp.ClientSession() as s:
+            for _ in range(20):
+                # A new connection each time, so the kernel may pick either worker.
+                async with s.post(
+                    proc.url + "/v1/chat/completions",
+                    json={"model": "m", "messages": []},
+                    headers={"Connection": "close"},
+                ) as r:
+                    assert r.status == 200
+        # Both workers are up (each logs its own "listening" line with its index).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listening = {
+                line.get("worker") for line in proc.log_lines() if line.get("event") == "listening"
+            }
+            if listening == {0, 1}:
+                break
+            await asyncio.sleep(0.1)
+        assert listening == {0, 1}
+        worker_pids = next(
+            line["pids"] for line in proc.log_lines() if line.get("event") == "workers started"
+        )
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+    stopped = [line for line in proc.log_lines() if line.get("event") == "stopped"]
+    assert len(stopped) == 2, proc.stderr.decode()[-3000:]
+    for pid in worker_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # Every worker flushed its own segments under its own writer id; no row lost.
+    con = connect(tmp_path / "lake")
+    assert con.execute("SELECT count(*) FROM requests").fetchone() == (20,)
+    assert con.execute("SELECT count(*) FROM responses").fetchone() == (20,)
+    writers = {w for (w,) in con.execute("SELECT DISTINCT writer FROM requests").fetchall()}
+    assert 1 <= len(writers) <= 2
+
+
+def test_worker_settings_give_each_worker_its_own_writer_id() -> None:
+    base = parse_settings(
+        {"production": {"base_url": "http://h/v1"}, "storage": {"writer_id": "edge"}}
+    )
+    assert [worker_settings(base, i).storage.writer_id for i in range(2)] == ["edge-w0", "edge-w1"]
+    unnamed = parse_settings({"production": {"base_url": "http://h/v1"}})
+    # Without a configured id each process names its segments after its own pid.
+    assert worker_settings(unnamed, 1).storage.writer_id is None
+
+
+def test_several_workers_need_a_fixed_port() -> None:
+    settings = parse_settings({"production": {"base_url": "http://h/v1"}, "server": {"port": 0}})
+    with pytest.raises(ConfigError, match=r"server\.port"):
+        run_workers(settings, 2)
+
+
+def test_busy_port_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "busy.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "server": {"host": "127.0.0.1", "port": port},
+                    "production": {"base_url": "http://127.0.0.1:9/v1"},
+                    "storage": {"data_dir": str(tmp_path / "lake")},
+                    "logging": {"format": "json", "level": "error"},
+                }
+            )
+        )
+        assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
