@@ -1,0 +1,1 @@
+"""Tests of analysis.stats against independent references and by simulated coverage."""
