@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +21,14 @@ from pathlib import Path
 import duckdb
 
 from analysis.scoring import parse_verdict
+from analysis.stats.agreement import cohen_kappa
 from proxy.lake.reader import connect, retry_vanished
 
 
-def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:
-    """Cohen's kappa of two raters' categories on the same items; None when undefined."""
-    if len(a) != len(b):
-        raise ValueError("both raters must judge the same items")
-    n = len(a)
-    if n == 0:
-        return None
-    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
-    ca, cb = Counter(a), Counter(b)
-    p_e = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    if math.isclose(p_e, 1.0):
-        return None
-    return (p_o - p_e) / (1.0 - p_e)
+def kappa_or_none(a: Sequence[Hashable], b: Sequence[Hashable]) -> float | None:
+    """Cohen's kappa from the statistics core; None where it is undefined (NaN there)."""
+    value = cohen_kappa(a, b)
+    return None if math.isnan(value) else value
 
 
 @dataclass(frozen=True)
@@ -96,7 +87,7 @@ def pair_agreements(verdicts: dict[str, dict[tuple[str, str], float]]) -> list[P
                 len(common),
                 len({rid for rid, _ in common}),
                 same / len(common),
-                cohen_kappa(xa, xb),
+                kappa_or_none(xa, xb),
             )
         )
     return sorted(pairs, key=lambda p: (-p.n, p.a, p.b))

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from analysis.labelui.agreement import cohen_kappa, pair_agreements
+from analysis.labelui.agreement import kappa_or_none as cohen_kappa
+from analysis.labelui.agreement import pair_agreements
 from analysis.labelui.app import STATE, create_labelui_app
 from analysis.labelui.blinding import letter
 from analysis.labelui.queue import LabelQueue
