@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import threading
 from collections import defaultdict
@@ -25,6 +26,9 @@ from proxy.ids import new_id
 from proxy.lake.schema import SCHEMA_VERSION, Dataset, dataset
 
 TMP_SUFFIX = ".tmp"
+# Merged segments are named `compact-...` (see manifest.py); a writer id must not look like one.
+COMPACTED_PREFIX = "compact-"
+_WRITER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 def default_writer_id(kind: str = "w") -> str:
@@ -37,6 +41,16 @@ def partition_dir(data_dir: Path, ds: Dataset, day: str) -> Path:
     return Path(data_dir) / ds.name / f"date={day}"
 
 
+def check_writer_id(writer_id: str) -> str:
+    """A writer id names files: short, no path characters, never a merged segment's prefix."""
+    if not _WRITER_ID.match(writer_id) or writer_id.startswith(COMPACTED_PREFIX):
+        raise ValueError(
+            f"invalid writer id {writer_id!r}: use letters, digits, '_', '.', '-' "
+            f"(at most 128) and do not start with {COMPACTED_PREFIX!r}"
+        )
+    return writer_id
+
+
 def _day(value: Any) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
@@ -45,14 +59,21 @@ def _day(value: Any) -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 
 
-def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
+def write_table_atomic(table: pa.Table, final_path: Path, compression: str = "zstd") -> Path:
     """Write `table` to `final_path` via a temporary file and an atomic rename."""
-    final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_path.with_name(f".{final_path.name}{TMP_SUFFIX}")
     meta = dict(table.schema.metadata or {})
     meta[b"shadoweval.schema_version"] = str(SCHEMA_VERSION).encode()
     table = table.replace_schema_metadata(meta)
-    pq.write_table(table, tmp, compression="zstd")
+    for attempt in (1, 2):
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pq.write_table(table, tmp, compression=compression)
+            break
+        except FileNotFoundError:
+            # Retention removed the (empty) partition directory in between: make it again.
+            if attempt == 2:
+                raise
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final_path)
@@ -62,9 +83,14 @@ def write_table_atomic(table: pa.Table, final_path: Path) -> Path:
 class SegmentWriter:
     """Turns batches of row dicts into segments; thread-safe; one per writing process."""
 
-    def __init__(self, data_dir: str | Path, writer_id: str | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path, writer_id: str | None = None, compression: str = "zstd"
+    ) -> None:
         self.data_dir = Path(data_dir)
-        self.writer_id = writer_id or default_writer_id()
+        # The proxy's recorder writes `snappy` (about twice as fast); compaction rewrites
+        # segments with `zstd` (about a third smaller).
+        self.compression = compression
+        self.writer_id = check_writer_id(writer_id or default_writer_id())
         self._seq = itertools.count()
         self._lock = threading.Lock()
 
@@ -94,12 +120,15 @@ class SegmentWriter:
         by_day: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for r in rows:
             by_day[_day(r.get(ds.time_column))].append(r)
-        paths = []
-        for day, day_rows in sorted(by_day.items()):
-            table = self.to_table(ds, day_rows)
-            path = partition_dir(self.data_dir, ds, day) / self._next_name()
-            paths.append(write_table_atomic(table, path))
-        return paths
+        return [
+            self.write_table(ds, day, self.to_table(ds, day_rows))
+            for day, day_rows in sorted(by_day.items())
+        ]
+
+    def write_table(self, ds: Dataset, day: str, table: pa.Table) -> Path:
+        """Write one prepared table as a new segment of `ds` in partition `day` (YYYY-MM-DD)."""
+        path = partition_dir(self.data_dir, ds, day) / self._next_name()
+        return write_table_atomic(table, path, self.compression)
 
 
 def write_rows(

@@ -16,7 +16,9 @@ def test_rows_land_in_day_partitions_and_read_back(tmp_path):
     assert sorted(p.parent.name for p in paths) == ["date=2026-01-01", "date=2026-01-02"]
     assert not list(tmp_path.rglob("*.tmp"))
     con = connect(tmp_path)
-    got = con.execute("SELECT request_id, writer, schema_version FROM requests ORDER BY 1").fetchall()
+    got = con.execute(
+        "SELECT request_id, writer, schema_version FROM requests ORDER BY 1"
+    ).fetchall()
     assert got == [("a", "t1", 1), ("b", "t1", 1)]
 
 
