@@ -10,7 +10,6 @@ under `<data_dir>/comparisons/eval_set=<name>/` so users can query it in SQL.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -324,33 +323,19 @@ def comparisons_view_sql(data_dir: str | Path) -> str:
 
 
 def register_comparisons_view(data_dir: str | Path, *, lock_timeout_s: float = 2.0) -> bool:
-    """Add a `comparisons` view to `<data_dir>/catalog.duckdb`; False when it cannot now.
+    """Refresh `<data_dir>/catalog.duckdb` so it has the `comparisons` view; False when it cannot now.
 
-    Uses the catalog's `register_view(data_dir, name, select_sql)` hook when the lake
-    provides one; otherwise holds the catalog file briefly (never creating it: the catalog
-    and its migrations belong to the lake) and gives up quietly if another process has it.
+    The lake's catalog creates the view whenever comparisons exist; this only asks for a
+    refresh, never creates a catalog that is not there, and gives up quietly while another
+    process holds the file.
     """
+    from proxy.errors import LakeError
     from proxy.lake import catalog
 
-    sql = comparisons_view_sql(data_dir)
-    hook = getattr(catalog, "register_view", None)
-    if hook is not None:
-        hook(data_dir, "comparisons", sql)
-        return True
-    path = catalog.catalog_path(data_dir)
-    if not path.exists():
+    if not catalog.catalog_path(data_dir).exists():
         return False
-    deadline = time.monotonic() + lock_timeout_s
-    while True:
-        try:
-            con = duckdb.connect(str(path))
-        except (duckdb.IOException, duckdb.TransactionException):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-            continue
-        try:
-            con.execute(f"CREATE OR REPLACE VIEW comparisons AS {sql}")
-        finally:
-            con.close()
-        return True
+    try:
+        catalog.refresh(data_dir, lock_timeout_s=lock_timeout_s)
+    except LakeError:
+        return False
+    return True

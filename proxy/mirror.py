@@ -331,7 +331,7 @@ class Mirror:
         for lane in self._lanes:
             for _ in range(lane.candidate.max_concurrency):
                 lane.queue.put_nowait(None)  # after the queued calls: they drain first
-        finished = await self._tasks.wait(timeout=max(0.0, grace_s))
+        finished = await self._tasks.wait(within_s=max(0.0, grace_s))
         if not finished:
             await self._tasks.cancel_all()  # running calls record themselves as dropped
         left = 0

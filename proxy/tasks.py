@@ -45,11 +45,11 @@ class TaskSet:
                 exc_info=exc,
             )
 
-    async def wait(self, timeout: float | None) -> bool:
-        """Wait for every task to finish; True if all did within `timeout`."""
+    async def wait(self, within_s: float | None) -> bool:
+        """Wait for every task to finish; True if all did within `within_s` seconds."""
         if not self._tasks:
             return True
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=within_s)
         return not pending
 
     async def cancel_all(self) -> None:

@@ -227,11 +227,18 @@ def create_views(
             f"CREATE OR REPLACE VIEW {ds.name} AS {dataset_source_sql(data_dir, ds, files)}"
         )
     con.execute(f"CREATE OR REPLACE VIEW labels_latest AS {LABELS_LATEST_SQL}")
+    # Derived by the analysis (`shadoweval report`): one scored row per request and target.
+    derived = Path(data_dir).resolve() / "comparisons"
+    if any(derived.glob("eval_set=*/*.parquet")):
+        con.execute(
+            "CREATE OR REPLACE VIEW comparisons AS SELECT * FROM read_parquet("
+            f"'{derived}/eval_set=*/*.parquet', hive_partitioning = true, union_by_name = true)"
+        )
 
 
 def connect(data_dir: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views `requests`, `responses`, `labels`,
-    `eval_sets` and `labels_latest`."""
+    `eval_sets`, `labels_latest`, and `comparisons` once a report has scored an eval set."""
     data_dir = Path(data_dir)
     stuck = check_segments(data_dir)
     con = duckdb.connect(":memory:")

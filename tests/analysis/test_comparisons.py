@@ -146,3 +146,17 @@ def test_written_dataset_is_queryable_with_duckdb(lake):
     cols = {d[0] for d in con.execute(f"DESCRIBE {comparisons_view_sql(lake)}").fetchall()}
     assert {"correct", "confidence", "latency_ms", "ttft_ms", "cost_usd", "tags", "stratum"} <= cols
     assert {"weight", "error"} <= cols and "output_text" not in cols
+
+
+def test_lake_readers_and_the_catalog_see_the_comparisons_view(lake):
+    from proxy.lake import catalog
+    from proxy.lake.reader import connect
+
+    write_comparisons(lake, build_comparisons(open_lake(lake), parse_analysis({}), "es1"))
+    assert connect(lake).execute("SELECT count(*) FROM comparisons").fetchone()[0] > 0
+    catalog.refresh(lake)
+    con = catalog.connect(lake)
+    try:
+        assert con.execute("SELECT count(*) FROM comparisons").fetchone()[0] > 0
+    finally:
+        con.close()
