@@ -93,6 +93,11 @@ def _more_labels(t: TargetFigures) -> int | None:
     return max(int(pc.n_needed) - pc.n, 0) or None
 
 
+def _practical(t: TargetFigures, more: int | None) -> bool:
+    """Whether labelling `more` items is a realistic next step (at most ~10x what exists)."""
+    return more is not None and t.paired is not None and more <= 10 * max(t.paired.n, 100)
+
+
 def accuracy_clause(t: TargetFigures, s: AnalysisSettings) -> str:
     """What the labelled items say about accuracy against production."""
     pc = t.paired
@@ -116,9 +121,17 @@ def accuracy_clause(t: TargetFigures, s: AnalysisSettings) -> str:
             f"[{lo:+.1f}, {hi:+.1f}], {fmt_p(pc.p_value)}, n = {pc.n}"
         )
         more = _more_labels(t)
-        if more is not None and abs(d) >= 0.05:
+        if _practical(t, more) and abs(d) >= 0.05:
             text += (
                 f"; about {more:,} more labelled items would settle a {abs(d):.1f}-point difference"
+            )
+        elif more is not None and abs(d) >= 0.05:
+            # A tiny observed difference: say what these labels can rule out instead of
+            # promising that an impractical number of labels would settle it.
+            text += (
+                f"; a difference of {100 * pc.mde:.1f} points or more would likely have shown, "
+                f"and one as small as {abs(d):.1f} points is not worth settling "
+                f"(about {more:,} more labels)"
             )
         else:
             text += f"; a difference of {100 * pc.mde:.1f} points or more would likely have shown"
@@ -252,7 +265,7 @@ def _recommend(report: EvaluationReport, s: AnalysisSettings) -> tuple[str, list
     open_q: list[str] = []
     for t in cands:
         more = _more_labels(t)
-        if t.paired is not None and significant(t, s.alpha) == 0 and more is not None:
+        if t.paired is not None and significant(t, s.alpha) == 0 and _practical(t, more):
             open_q.append(
                 f"Is {t.name} more or less accurate than production? About {more:,} more "
                 f"labelled items would settle a {abs(100 * t.paired.diff.value):.1f}-point difference."

@@ -57,11 +57,17 @@ FROM responses WHERE target = $t
 """
 
 
+def _floats(column: np.ndarray) -> np.ndarray:
+    """A DuckDB numeric column as floats with NULL as NaN (fetchnumpy masks NULLs, and a
+    plain float cast would turn them into 0.0: a non-streamed call's missing TTFT is not 0 ms)."""
+    return np.ma.filled(np.ma.asarray(column).astype(float), np.nan)
+
+
 def _figures(con: duckdb.DuckDBPyConnection, target: str, sources: list[str]) -> TrafficFigures:
     cols = con.execute(_CALLS_SQL, {"t": target}).fetchnumpy()
-    latency = np.asarray(cols["latency_ms"], dtype=float)
-    ttft = np.asarray(cols["ttft_ms"], dtype=float)
-    cost = np.asarray(cols["cost_usd"], dtype=float)
+    latency = _floats(cols["latency_ms"])
+    ttft = _floats(cols["ttft_ms"])
+    cost = _floats(cols["cost_usd"])
     code = np.asarray(cols["code"])
     ok = code == 0
     reached = code != 2

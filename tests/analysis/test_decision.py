@@ -268,3 +268,11 @@ def test_sentences_never_print_a_difference_whose_interval_contains_zero():
                 text = sentence(b, report([PROD, b]), s)
                 claims = "more accurate" in text or "less accurate" in text
                 assert claims == ((lo > 0 or hi < 0) and p < s.alpha), (lo, hi, p, text)
+
+
+def test_an_impractically_small_difference_is_not_promised_a_settlement():
+    b = target("B", acc=0.87, pc=paired(0.001, -0.04, 0.04, 0.95, n_needed=3_483_391))
+    text = decide(report([PROD, b]), S).sentences["B"]
+    assert "would settle" not in text
+    assert "not worth settling" in text and "would likely have shown" in text
+    assert not decide(report([PROD, b]), S).open_questions
