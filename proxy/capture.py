@@ -21,6 +21,7 @@ import orjson
 import structlog
 
 from proxy.config import ProductionSettings
+from proxy.errors import upstream_error_code
 from proxy.forward import Exchange
 from proxy.lake.recorder import Recorder
 from proxy.lake.rows import OMIT_KEY
@@ -101,18 +102,6 @@ def production_cost(production: ProductionSettings, output: AssembledOutput | No
         (output.prompt_tokens or 0) * production.price_input_per_mtok
         + (output.completion_tokens or 0) * production.price_output_per_mtok
     ) / 1_000_000
-
-
-def _error_code(body: bytes) -> str | None:
-    """The short code or type of an OpenAI-style error body (never its message)."""
-    try:
-        err = orjson.loads(body).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    if isinstance(err, dict):
-        value = err.get("code") or err.get("type")
-        return str(value)[:100] if value else None
-    return None
 
 
 class Capture:
@@ -216,7 +205,7 @@ class Capture:
         if self._parts is not None:
             raw = b"".join(self._parts)
             if status is not None and status >= 400:
-                return None, _error_code(raw)
+                return None, upstream_error_code(raw)
             return parse_completion(raw), None
         match = _USAGE_RE.search(self._tail)
         if match is None:

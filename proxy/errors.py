@@ -72,3 +72,15 @@ def body_too_large(limit: int) -> ProxyHTTPError:
 
 def not_found(path: str) -> ProxyHTTPError:
     return ProxyHTTPError(404, f"unknown route: {path}", "invalid_request_error", "not_found")
+
+
+def upstream_error_code(body: bytes) -> str | None:
+    """The short code or type of an OpenAI-style error body; never its message (may echo input)."""
+    try:
+        err = orjson.loads(body).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if isinstance(err, dict):
+        value = err.get("code") or err.get("type")
+        return str(value)[:100] if value else None
+    return None

@@ -25,6 +25,7 @@ import orjson
 from multidict import CIMultiDict
 
 from proxy.config import CandidateSettings
+from proxy.errors import upstream_error_code
 from proxy.streaming import AssembledOutput, StreamAssembler, parse_completion
 
 # Routes whose chat/legacy streams understand `stream_options.include_usage`.
@@ -99,18 +100,6 @@ def _describe(exc: BaseException) -> str:
     """A short error detail: exception type and message (never headers or bodies)."""
     text = str(exc)
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:_DETAIL_CHARS]
-
-
-def _error_code(raw: bytes) -> str | None:
-    """The short code or type of an OpenAI-style error body; never its message (may echo input)."""
-    try:
-        err = orjson.loads(raw).get("error")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    if isinstance(err, dict):
-        value = err.get("code") or err.get("type")
-        return str(value)[:100] if value else None
-    return None
 
 
 def _is_answer(obj: Any) -> bool:
@@ -205,7 +194,7 @@ class ModelClient:
             ctype = resp.headers.get("Content-Type", "")
             if resp.status >= 300:
                 raw = await resp.content.read(64 * 1024)
-                return run.fail("http", _error_code(raw))
+                return run.fail("http", upstream_error_code(raw))
             if outcome.stream and ctype.startswith("text/event-stream"):
                 return await self._read_stream(run, resp)
             raw = await resp.content.read(MAX_BODY_BYTES + 1)
