@@ -130,8 +130,8 @@ def accuracy_clause(t: TargetFigures, s: AnalysisSettings) -> str:
             # promising that an impractical number of labels would settle it.
             text += (
                 f"; a difference of {100 * pc.mde:.1f} points or more would likely have shown, "
-                f"and one as small as {abs(d):.1f} points is not worth settling "
-                f"(about {more:,} more labels)"
+                f"while settling one as small as {abs(d):.1f} points would take "
+                f"about {more:,} more labels"
             )
         else:
             text += f"; a difference of {100 * pc.mde:.1f} points or more would likely have shown"
