@@ -1,0 +1,655 @@
+"""Latency and throughput the proxy adds, measured side by side in one run.
+
+Upstreams are Debian's nginx returning a fixed chat completion (near-zero cost), so the
+proxy is what is measured. Load comes from C/Go tools: `hey` at a fixed rate (per-request
+latencies as CSV, percentiles computed here) and `wrk` for maximum throughput. The proxy
+is pinned to CPU 0; nginx, the slow candidates, the load generators and this script to
+CPU 1, so the proxy has a core of its own.
+
+Scenarios, interleaved round by round (in a rotating order) so machine noise hits all alike:
+  direct         client -> nginx
+  proxy          client -> proxy -> nginx, no candidates (mirroring off)
+  mirror10       10% mirrored to 2 candidates (nginx)
+  slowcands      10% mirrored to 2 candidates answering after --slow-ms (default 50 ms)
+  downcands      10% mirrored to 2 candidates whose port refuses connections
+
+After each proxy run the proxy is stopped with SIGTERM and its lake is read with DuckDB:
+rows per target and outcome, to confirm every mirrored request was recorded per candidate.
+
+Usage: python -m bench.proxy_overhead [--rounds 3] [--seconds 10] [--rate 200] [--out FILE]
+Needs: nginx, hey, wrk, taskset (installed with apt-get when missing and running as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "bench-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "billing"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 1, "total_tokens": 43},
+    }
+)
+BODY = json.dumps(
+    {
+        "model": "bench-model",
+        "messages": [
+            {"role": "system", "content": "Route the ticket to one queue."},
+            {"role": "user", "content": "My invoice was charged twice this month, please help."},
+        ],
+    }
+)
+PROXY_CPU = 0
+LOAD_CPU = 1
+# hey prints latencies in seconds with 4 decimals: a 0.1 ms resolution.
+HEY_BIN_MS = 0.1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_tools() -> None:
+    """Find (or, as root on Debian, install) nginx, hey, wrk and taskset."""
+    if not shutil.which("nginx") and Path("/usr/sbin/nginx").exists():
+        os.environ["PATH"] += ":/usr/sbin"
+    missing = [t for t in ("nginx", "hey", "wrk", "taskset") if not shutil.which(t)]
+    if not missing:
+        return
+    pkgs = {"nginx": "nginx-light", "hey": "hey", "wrk": "wrk", "taskset": "util-linux"}
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", *[pkgs[m] for m in missing]], check=True)
+    else:
+        sys.exit(f"bench needs {', '.join(missing)} (Debian packages {[pkgs[m] for m in missing]})")
+
+
+def pin_to_load_cpu() -> None:
+    """Keep this script and everything it starts (except the proxy) off the proxy's core."""
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {LOAD_CPU})
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+@contextlib.contextmanager
+def nginx(port: int, workdir: Path) -> Iterator[str]:
+    """A loopback nginx answering every request with the fixed completion."""
+    conf = workdir / f"nginx-{port}.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+pid {workdir}/nginx-{port}.pid;
+error_log {workdir}/nginx-{port}.err warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{
+            default_type application/json;
+            return 200 '{COMPLETION}';
+        }}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)])
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
+def slow_upstream(delay_ms: float) -> Iterator[str]:
+    """A candidate answering the fixed completion after `delay_ms`, in its own process."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.proxy_overhead", "--serve-slow", str(port),
+         "--slow-ms", str(delay_ms)],
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def serve_slow(port: int, delay_ms: float) -> None:
+    """Body of the slow-candidate process (`--serve-slow PORT`)."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay_ms / 1000.0)
+        return web.Response(text=COMPLETION, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+@dataclass
+class Proxy:
+    """A running proxy process: where to send requests, its pid and its lake."""
+
+    url: str
+    pid: int
+    lake: Path
+
+
+def serve_relay(port: int, upstream: str) -> None:
+    """Body of the floor process (`--serve-relay PORT`): the least an aiohttp relay does.
+
+    It reads the body, POSTs it upstream over a keep-alive pool, reads the answer and
+    returns it - no ids, metrics, logging, recording or mirroring. Its cost on the same
+    core is the framework's floor, against which the proxy's own work is judged.
+    """
+    import aiohttp
+    import uvloop
+    from aiohttp import web
+
+    async def serve() -> None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        headers = {"Content-Type": "application/json"}
+
+        async def handle(request: web.Request) -> web.Response:
+            body = await request.read()
+            url = upstream + request.path[3:]
+            async with session.post(url, data=body, headers=headers) as r:
+                data = await r.read()
+                return web.Response(body=data, status=r.status, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/{tail:.*}", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await asyncio.Event().wait()
+
+    uvloop.run(serve())
+
+
+@contextlib.contextmanager
+def floor_relay(production: str, cpu: int = PROXY_CPU) -> Iterator[Proxy]:
+    """The floor relay pinned to the proxy's CPU."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpu), sys.executable, "-m", "bench.proxy_overhead",
+         "--serve-relay", str(port), "--upstream", production],
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield Proxy(f"http://127.0.0.1:{port}/v1", proc.pid, Path())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def proxy_config(
+    port: int, production: str, candidates: list[str], rate: float, lake: Path
+) -> dict[str, Any]:
+    """The proxy's config for one scenario: product defaults except where the bench needs."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 5},
+        "production": {"base_url": production},
+        "candidates": [
+            {"name": f"c{i}", "base_url": url, "model": "cand", "timeout_s": 5}
+            for i, url in enumerate(candidates)
+        ],
+        "sampling": {"rate": rate},
+        "storage": {"data_dir": str(lake)},
+        "logging": {"format": "json", "level": "warning"},
+    }
+
+
+@contextlib.contextmanager
+def proxy(
+    production: str, candidates: list[str], rate: float, workdir: Path, cpu: int = PROXY_CPU
+) -> Iterator[Proxy]:
+    """`shadoweval serve` pinned to the proxy's CPU; SIGTERM (graceful, lake flushed) on exit."""
+    port = free_port()
+    lake = workdir / f"lake-{port}"
+    path = workdir / f"proxy-{port}.yaml"
+    path.write_text(yaml.safe_dump(proxy_config(port, production, candidates, rate, lake)))
+    log_path = workdir / f"proxy-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["taskset", "-c", str(cpu), sys.executable, "-m", "shadoweval", "serve",
+             "--config", str(path)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_port(port)
+            yield Proxy(f"http://127.0.0.1:{port}/v1", proc.pid, lake)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+    if code != 0:
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"proxy exited with {code}:\n{tail}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# Fixed-rate load comes from this many `hey` processes, one connection each, started
+# `rate`-spaced apart. One hey with `-c 10 -q 20` would tick all ten workers together,
+# sending bursts of 10 requests every 50 ms instead of one request every 5 ms.
+LOAD_WORKERS = 10
+
+
+def hey_command(url: str, seconds: float, rate: float, body_file: Path, csv_out: bool) -> list[str]:
+    """One hey worker: a single keep-alive connection sending `rate` req/s for `seconds`."""
+    cmd = ["hey", "-z", f"{seconds}s", "-c", "1", "-q", str(rate),
+           "-m", "POST", "-T", "application/json", "-D", str(body_file)]  # fmt: skip
+    if csv_out:
+        cmd += ["-o", "csv"]
+    return [*cmd, url + "/chat/completions"]
+
+
+def start_load(
+    url: str, seconds: float, rate: int, body_file: Path, csv_out: bool
+) -> list[subprocess.Popen[str]]:
+    """LOAD_WORKERS hey processes at rate/LOAD_WORKERS each, phases spread over one period."""
+    procs = []
+    for _ in range(LOAD_WORKERS):
+        procs.append(
+            subprocess.Popen(
+                hey_command(url, seconds, rate / LOAD_WORKERS, body_file, csv_out),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        time.sleep(1.0 / rate)
+    return procs
+
+
+def hey_latencies(url: str, seconds: float, rate: int, body_file: Path) -> list[float]:
+    """Per-request latencies in ms at a steady rate; any non-200 answer fails the run."""
+    rows: list[dict[str, str]] = []
+    for proc in start_load(url, seconds, rate, body_file, csv_out=True):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"hey failed against {url}: {err[-500:]}")
+        rows += csv.DictReader(io.StringIO(out))
+    bad = [r for r in rows if r.get("status-code") != "200"]
+    if bad or not rows:
+        raise RuntimeError(f"{len(bad)} non-200 answers (of {len(rows)}) from {url}")
+    if len(rows) < 0.95 * seconds * rate:
+        # The target could not keep up (or the machine was busy): kept, and visible in the
+        # summary as achieved_rps below the requested rate.
+        print(f"warning: {len(rows)} answers from {url} in {seconds}s at {rate}/s", flush=True)
+    return [float(r["response-time"]) * 1000 for r in rows]
+
+
+def wrk_throughput(url: str, seconds: float, workdir: Path) -> float:
+    """Requests/s with 64 keep-alive connections and no pause (the process's ceiling)."""
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [[{BODY}]]\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", "-c64", f"-d{max(1, round(seconds))}s", "-s", str(script), url + "/chat/completions"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"wrk printed no rate:\n{out}")
+
+
+def warm_up(url: str, body_file: Path) -> None:
+    """Open the proxy's pools and warm its code paths before anything is measured."""
+    subprocess.run(
+        ["hey", "-n", "400", "-c", "10", "-m", "POST", "-T", "application/json",
+         "-D", str(body_file), url + "/chat/completions"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+
+
+def quantile(values: list[float], q: float, bin_ms: float = HEY_BIN_MS) -> float:
+    """The q-quantile of latencies rounded to `bin_ms`, interpolated within its bin.
+
+    Each reported value v stands for [v - bin/2, v + bin/2); spreading its samples evenly
+    over that interval gives sub-resolution percentiles instead of 0.1 ms steps.
+    """
+    counts: dict[float, int] = {}
+    for v in values:
+        key = round(v / bin_ms) * bin_ms
+        counts[key] = counts.get(key, 0) + 1
+    target = q * len(values)
+    seen = 0
+    for centre in sorted(counts):
+        n = counts[centre]
+        if seen + n >= target:
+            return centre - bin_ms / 2 + bin_ms * (target - seen) / n
+        seen += n
+    return max(values)
+
+
+def lake_counts(lake: Path) -> dict[str, Any]:
+    """Rows the proxy recorded: requests (and how many mirrored), responses per target/outcome."""
+    con = duckdb.connect()
+    out: dict[str, Any] = {}
+
+    def rows(dataset: str) -> str:
+        return (
+            f"read_parquet('{lake}/{dataset}/date=*/*.parquet', "
+            "hive_partitioning=true, union_by_name=true)"
+        )
+
+    if not list((lake / "requests").glob("date=*/*.parquet")):
+        return {"requests": 0, "mirrored": 0, "responses": {}}
+    total, mirrored = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE mirrored) FROM {rows('requests')}"
+    ).fetchone() or (0, 0)
+    out["requests"], out["mirrored"] = int(total), int(mirrored)
+    responses: dict[str, dict[str, int]] = {}
+    for target, error, n in con.execute(
+        f"SELECT target, coalesce(error, 'ok'), count(*) FROM {rows('responses')} GROUP BY ALL"
+    ).fetchall():
+        responses.setdefault(target, {})[error] = int(n)
+    out["responses"] = responses
+    return out
+
+
+def summarise(values: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+SCENARIOS = ("direct", "floor", "proxy", "mirror10", "slowcands", "downcands")
+PROXIED = SCENARIOS[1:]
+THROUGHPUT = ("direct", "floor", "proxy", "mirror10")
+
+
+def cpu_busy(cpu: int) -> tuple[float, float]:
+    """Seconds CPU `cpu` has been busy (any process) and stolen by the hypervisor, so far."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            tick = os.sysconf("SC_CLK_TCK")
+            # user nice system idle iowait irq softirq steal
+            return (v[0] + v[1] + v[2] + v[5] + v[6]) / tick, v[7] / tick
+    raise RuntimeError(f"no cpu{cpu} in /proc/stat")
+
+
+class Measure:
+    """One fixed-rate run (and optionally one max-throughput run) against one target."""
+
+    def __init__(self, args: argparse.Namespace, body_file: Path, work: Path) -> None:
+        self.args, self.body_file, self.work = args, body_file, work
+        self.raw: dict[str, dict[str, list[float]]] = {s: {} for s in SCENARIOS}
+
+    def add(self, name: str, key: str, value: float) -> None:
+        self.raw[name].setdefault(key, []).append(value)
+
+    def __call__(self, name: str, url: str, pid: int | None) -> None:
+        args = self.args
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        busy0, steal0 = cpu_busy(args.proxy_cpu)
+        load0, _ = cpu_busy(LOAD_CPU)
+        t0 = time.monotonic()
+        lat = hey_latencies(url, args.seconds, args.rate, self.body_file)
+        wall = time.monotonic() - t0
+        busy, steal = (
+            x - y for x, y in zip(cpu_busy(args.proxy_cpu), (busy0, steal0), strict=True)
+        )
+        # CPU 1 carries hey and nginx (a few %); the rest of its load is other work.
+        self.add(name, "cpu1_busy_pct", (cpu_busy(LOAD_CPU)[0] - load0) / wall * 100)
+        self.add(name, "p50", quantile(lat, 0.5))
+        self.add(name, "p99", quantile(lat, 0.99))
+        self.add(name, "mean", statistics.fmean(lat))
+        self.add(name, "achieved_rps", len(lat) / args.seconds)
+        if pid:
+            cpu = cpu_seconds(pid) - cpu0
+            self.add(name, "cpu_us_per_req", cpu / len(lat) * 1e6)
+            # CPU 0 time used by anything but the proxy: other engineers' tests, the kernel.
+            self.add(name, "cpu0_others_pct", max(0.0, busy - cpu) / wall * 100)
+        self.add(name, "cpu0_steal_pct", steal / wall * 100)
+        if name in THROUGHPUT and not args.no_wrk:
+            self.add(name, "max_rps", wrk_throughput(url, args.wrk_seconds, self.work))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """All rounds, scenarios in a rotating order; then per-round differences and summaries."""
+    work = Path(tempfile.mkdtemp(prefix="shadoweval-bench-"))
+    body_file = work / "body.json"
+    body_file.write_text(BODY)
+    measure = Measure(args, body_file, work)
+    lakes: dict[str, list[dict[str, Any]]] = {}
+    info = machine()
+    loads: list[tuple[float, float, float]] = []
+    ports = [free_port() for _ in range(3)]
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: connection refused
+    with (
+        nginx(ports[0], work) as prod,
+        nginx(ports[1], work) as cand1,
+        nginx(ports[2], work) as cand2,
+        slow_upstream(args.slow_ms) as slow1,
+        slow_upstream(args.slow_ms) as slow2,
+    ):
+        candidates = {
+            "proxy": ([], 0.0),
+            "mirror10": ([cand1, cand2], 0.1),
+            "slowcands": ([slow1, slow2], 0.1),
+            "downcands": ([down, down], 0.1),
+        }
+        warm_up(prod, body_file)
+        for rnd in range(args.rounds):
+            loads.append(os.getloadavg())
+            k = rnd % len(SCENARIOS)
+            order = SCENARIOS[k:] + SCENARIOS[:k]
+            print(f"round {rnd + 1}/{args.rounds}: {' '.join(order)}", flush=True)
+            for name in order:
+                if name == "direct":
+                    measure(name, prod, None)
+                elif name == "floor":
+                    with floor_relay(prod, args.proxy_cpu) as f:
+                        warm_up(f.url, body_file)
+                        measure(name, f.url, f.pid)
+                else:
+                    cands, rate = candidates[name]
+                    with proxy(prod, cands, rate, work, args.proxy_cpu) as p:
+                        warm_up(p.url, body_file)
+                        measure(name, p.url, p.pid)
+                    lakes.setdefault(name, []).append(lake_counts(p.lake))
+            last = {s: {m: round(v[-1], 3) for m, v in d.items()} for s, d in measure.raw.items()}
+            print(json.dumps(last), flush=True)
+    info["loadavg_per_round"] = loads
+    info["loadavg_end"] = os.getloadavg()
+    shutil.rmtree(work, ignore_errors=True)
+    return derive(measure.raw, lakes, info, args)
+
+
+def derive(
+    raw: dict[str, dict[str, list[float]]],
+    lakes: dict[str, list[dict[str, Any]]],
+    info: dict[str, Any],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Per-round differences and ratios (same round, so shared noise cancels), then summaries."""
+    direct = raw["direct"]
+    derived: dict[str, dict[str, list[float]]] = {}
+    for name in PROXIED:
+        d = derived.setdefault(name, {})
+        for q in ("p50", "p99", "mean"):
+            d[f"added_{q}"] = [a - b for a, b in zip(raw[name][q], direct[q], strict=True)]
+    for name in ("slowcands", "downcands", "mirror10"):
+        d = derived[name]
+        d["p99_vs_proxy"] = [
+            a / b for a, b in zip(raw[name]["p99"], raw["proxy"]["p99"], strict=True)
+        ]
+        if name != "mirror10":
+            d["p99_vs_mirror10"] = [
+                a / b for a, b in zip(raw[name]["p99"], raw["mirror10"]["p99"], strict=True)
+            ]
+    summary: dict[str, Any] = {
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "rate": args.rate,
+            "wrk_seconds": args.wrk_seconds,
+            "proxy_cpu": args.proxy_cpu,
+            "load_cpu": LOAD_CPU,
+            "slow_ms": args.slow_ms,
+        },
+        "machine": info,
+        "scenarios": {},
+        "lake": lakes,
+    }
+    for name in SCENARIOS:
+        metrics = {**raw[name], **derived.get(name, {})}
+        summary["scenarios"][name] = {m: summarise(v) for m, v in metrics.items()}
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10, help="fixed-rate run per scenario")
+    ap.add_argument("--rate", type=int, default=200, help="requests/s of the fixed-rate runs")
+    ap.add_argument("--wrk-seconds", type=float, default=10, help="max-throughput run")
+    ap.add_argument("--no-wrk", action="store_true", help="skip the max-throughput runs")
+    ap.add_argument("--slow-ms", type=float, default=50.0, help="slow candidates' answer delay")
+    ap.add_argument(
+        "--proxy-cpu",
+        type=int,
+        choices=(PROXY_CPU, LOAD_CPU),
+        default=PROXY_CPU,
+        help=f"CPU of the proxy; {LOAD_CPU} puts it beside nginx and the load generator, which\n"
+        "removes cross-CPU wake-ups from the latency (use with --no-wrk)",
+    )
+    ap.add_argument("--out", type=Path, default=Path("bench/results/proxy_overhead.json"))
+    ap.add_argument("--serve-slow", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_slow:
+        serve_slow(args.serve_slow, args.slow_ms)
+        return
+    if args.serve_relay:
+        serve_relay(args.serve_relay, args.upstream)
+        return
+    ensure_tools()
+    pin_to_load_cpu()
+    summary = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    print(report(summary))
+
+
+def report(s: dict[str, Any]) -> str:
+    """A short human-readable digest of the summary (the JSON has everything)."""
+    sc = s["scenarios"]
+
+    def f(name: str, metric: str, fmt: str = "{:.3f}") -> str:
+        m = sc[name].get(metric)
+        if m is None:
+            return "-"
+        return f"{fmt.format(m['median'])} [{fmt.format(m['min'])}-{fmt.format(m['max'])}]"
+
+    lines = [f"machine: {s['machine']['cpu']}, {s['machine']['cores']} cores; "
+             f"load {s['machine']['loadavg_per_round']}"]  # fmt: skip
+    lines.append(f"{'scenario':<10} {'p50 ms':<22} {'p99 ms':<22} {'added p50':<22} "
+                 f"{'added p99':<22} {'max req/s':<24}")  # fmt: skip
+    for name in SCENARIOS:
+        lines.append(
+            f"{name:<10} {f(name, 'p50'):<22} {f(name, 'p99'):<22} {f(name, 'added_p50'):<22} "
+            f"{f(name, 'added_p99'):<22} {f(name, 'max_rps', '{:.0f}'):<24}"
+        )
+    for name in ("slowcands", "downcands"):
+        lines.append(f"{name} p99 / proxy p99: {f(name, 'p99_vs_proxy')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
