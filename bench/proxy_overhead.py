@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import yaml
 
 COMPLETION = json.dumps(
@@ -468,6 +469,7 @@ class Measure:
     def __init__(self, args: argparse.Namespace, body_file: Path, work: Path) -> None:
         self.args, self.body_file, self.work = args, body_file, work
         self.raw: dict[str, dict[str, list[float]]] = {s: {} for s in SCENARIOS}
+        self.latencies: dict[str, list[float]] = {s: [] for s in SCENARIOS}
 
     def add(self, name: str, key: str, value: float) -> None:
         self.raw[name].setdefault(key, []).append(value)
@@ -480,6 +482,7 @@ class Measure:
         t0 = time.monotonic()
         lat = hey_latencies(url, args.seconds, args.rate, self.body_file)
         wall = time.monotonic() - t0
+        self.latencies[name] += lat
         busy, steal = (
             x - y for x, y in zip(cpu_busy(args.proxy_cpu), (busy0, steal0), strict=True)
         )
@@ -547,7 +550,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info["loadavg_per_round"] = loads
     info["loadavg_end"] = os.getloadavg()
     shutil.rmtree(work, ignore_errors=True)
-    return derive(measure.raw, lakes, info, args)
+    summary = derive(measure.raw, lakes, info, args)
+    summary["pooled"] = pooled(measure.latencies)
+    return summary
+
+
+def pooled(latencies: dict[str, list[float]], draws: int = 1000) -> dict[str, Any]:
+    """Percentiles over all rounds' requests together, with bootstrap 95% intervals.
+
+    The intervals resample requests, so they show the sampling noise of a percentile of
+    this many requests - not the drift between rounds, which the per-round min-max shows.
+    """
+    rng = np.random.default_rng(0)
+    # hey rounds to 0.1 ms: spread each value over its bin, as `quantile` does.
+    arrays = {
+        name: np.asarray(v) + rng.uniform(-HEY_BIN_MS / 2, HEY_BIN_MS / 2, len(v))
+        for name, v in latencies.items()
+        if v
+    }
+    boot: dict[str, np.ndarray] = {}
+    for name, arr in arrays.items():
+        qs = [np.quantile(rng.choice(arr, len(arr)), (0.5, 0.99)) for _ in range(draws)]
+        boot[name] = np.asarray(qs)  # draws x (p50, p99)
+
+    def est(point: float, samples: np.ndarray) -> dict[str, Any]:
+        lo, hi = np.quantile(samples, (0.025, 0.975))
+        return {"value": float(point), "ci95": [float(lo), float(hi)]}
+
+    out: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        p50, p99 = np.quantile(arr, (0.5, 0.99))
+        entry = {
+            "n": len(arr),
+            "p50": est(p50, boot[name][:, 0]),
+            "p99": est(p99, boot[name][:, 1]),
+        }
+        if name != "direct" and "direct" in arrays:
+            d50, d99 = np.quantile(arrays["direct"], (0.5, 0.99))
+            entry["added_p50"] = est(p50 - d50, boot[name][:, 0] - boot["direct"][:, 0])
+            entry["added_p99"] = est(p99 - d99, boot[name][:, 1] - boot["direct"][:, 1])
+        if name in ("mirror10", "slowcands", "downcands") and "proxy" in arrays:
+            b99 = np.quantile(arrays["proxy"], 0.99)
+            entry["p99_vs_proxy"] = est(p99 / b99, boot[name][:, 1] / boot["proxy"][:, 1])
+        out[name] = entry
+    return out
 
 
 def derive(
@@ -648,6 +694,13 @@ def report(s: dict[str, Any]) -> str:
         )
     for name in ("slowcands", "downcands"):
         lines.append(f"{name} p99 / proxy p99: {f(name, 'p99_vs_proxy')}")
+    for name, e in s.get("pooled", {}).items():
+        parts = [
+            f"{k} {e[k]['value']:.3f} [{e[k]['ci95'][0]:.3f}-{e[k]['ci95'][1]:.3f}]"
+            for k in ("p50", "p99", "added_p50", "added_p99", "p99_vs_proxy")
+            if k in e
+        ]
+        lines.append(f"pooled {name} (n={e['n']}): " + ", ".join(parts))
     return "\n".join(lines)
 
 
