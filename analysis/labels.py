@@ -6,7 +6,7 @@ line number. Columns (CSV header) or keys (JSONL) are `request_id, kind, target,
 labeller, source`; `label_id` and `created_at` may be present too (a file written by
 `export --history`), and are then kept, so history moves between lakes; a label id that
 is already in the lake rejects the line (the file was imported before). `source`
-defaults to `human`. In CSV a value is a cell of text (`proxy.lake.labels.parse_cell`);
+defaults to `human`. In CSV a value is a cell of text (`proxy.lake.label_values.parse_cell`);
 in JSONL it is any JSON value.
 
 Export writes the newest label per (request, kind, target), or every label with
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from proxy.errors import InputError
-from proxy.lake.labels import FIELDS, HISTORY_FIELDS, LabelError, Validation, parse_cell, validate
+from proxy.lake.label_values import parse_cell
+from proxy.lake.labels import FIELDS, HISTORY_FIELDS, LabelError, Validation, validate
 from proxy.lake.reader import connect
 from proxy.lake.writer import write_rows
 

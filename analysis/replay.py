@@ -41,6 +41,7 @@ from proxy.errors import InputError
 from proxy.lake.reader import connect
 from proxy.lake.writer import SegmentWriter, default_writer_id
 from proxy.modelclient import ModelClient
+from proxy.tasks import run_all
 
 SOURCE = "replay"
 FLUSH_EVERY = 50
@@ -238,16 +239,13 @@ class Replay:
             async with aiohttp.ClientSession(connector=connector) as session:
                 client = ModelClient(session, self.candidate)
                 with progress:
-                    workers = [
-                        asyncio.create_task(self._worker(client, queue, progress, task_id))
-                        for _ in range(min(self.concurrency, len(jobs)))
-                    ]
-                    try:
-                        await asyncio.gather(*workers)
-                    finally:
-                        for w in workers:
-                            w.cancel()
-                        await asyncio.gather(*workers, return_exceptions=True)
+                    await run_all(
+                        "replay",
+                        [
+                            self._worker(client, queue, progress, task_id)
+                            for _ in range(min(self.concurrency, len(jobs)))
+                        ],
+                    )
         except asyncio.CancelledError:
             self.summary.interrupted = True
             raise

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 import structlog
 
+from proxy.answer import AssembledOutput, parse_completion
 from proxy.config import ProductionSettings
 from proxy.errors import upstream_error_code
 from proxy.forward import Exchange
@@ -28,7 +29,7 @@ from proxy.lake.rows import OMIT_KEY
 from proxy.lake.schema import PRODUCTION
 from proxy.mirror import Mirror
 from proxy.sampling import SamplingDecision
-from proxy.streaming import AssembledOutput, StreamAssembler, parse_completion
+from proxy.streaming import StreamAssembler
 
 log = structlog.get_logger("shadoweval.capture")
 

@@ -24,9 +24,10 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from proxy.answer import AssembledOutput, parse_completion
 from proxy.config import CandidateSettings
 from proxy.errors import upstream_error_code
-from proxy.streaming import AssembledOutput, StreamAssembler, parse_completion
+from proxy.streaming import StreamAssembler
 
 # Routes whose chat/legacy streams understand `stream_options.include_usage`.
 _USAGE_OPTION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})

@@ -1,14 +1,15 @@
 """Background tasks with an owner: kept referenced, named, and their failures logged.
 
-A bare `asyncio.create_task` may be garbage-collected mid-flight and its exception
-lost; every background coroutine in the proxy goes through `TaskSet.spawn` instead.
+A task nobody keeps a reference to may be garbage-collected mid-flight, and its exception
+is lost; every background coroutine goes through `TaskSet.spawn` instead, and a fixed pool
+of workers through `run_all`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -59,3 +60,17 @@ class TaskSet:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+
+
+async def run_all(name: str, coros: Sequence[Coroutine[Any, Any, Any]]) -> None:
+    """Run coroutines (a pool of workers) as named tasks and wait for all of them.
+
+    The first failure is raised as it is, after the others are cancelled; cancelling the
+    caller cancels them all. Nothing is left running when this returns or raises.
+    """
+    tasks = TaskSet(name)
+    running = [tasks.spawn(coro, str(i)) for i, coro in enumerate(coros)]
+    try:
+        await asyncio.gather(*running)
+    finally:
+        await tasks.cancel_all()

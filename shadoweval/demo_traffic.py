@@ -31,6 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from proxy.tasks import run_all
 from shadoweval.simulator.task import Task, Ticket, extract_queue
 
 REQUEST_ID_HEADER = "x-shadow-request-id"
@@ -254,13 +255,7 @@ async def send_traffic(
     refresh()
     try:
         with bar:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+            await run_all("demo-client", [worker() for _ in range(max(1, concurrency))])
             refresh()
     finally:
         await client.close()

@@ -1,25 +1,15 @@
 """Label records checked the same way whether they arrive over HTTP or in a file.
 
-A label is `{request_id, kind, target, value, labeller, source}`. Values per kind
-(stored as JSON text in the `value` column):
+A label is `{request_id, kind, target, value, labeller, source}`. Values per kind are in
+`proxy.lake.label_values`. `target`: empty for a `reference`; required for a `verdict`
+(`production` or a candidate that has a response for that request); for a `preference`
+the pair `"T1 vs T2"` with the names sorted (given or not), so the newest preference per
+pair wins and preferences over different pairs of one request coexist; optional for an
+`outcome` (empty or a known target).
 
-- `reference`: the correct answer for the request - any JSON value (text, number, object,
-  list). `target` must be empty: a reference is about the request, not about one output.
-- `verdict`: whether one target's output is right - `true`/`false`, `"correct"`/`"incorrect"`
-  (also `"true"`/`"false"`), a score in [0, 1], or an object with `correct` (bool) and/or
-  `score` (in [0, 1]) plus any other keys (e.g. `comment`). Words are stored as booleans.
-  `target` is required: `production` or a candidate that has a response for that request.
-- `preference`: which of two outputs is better - `{"a": T1, "b": T2, "winner": "a"|"b"|"tie"}`
-  plus any other keys; T1 and T2 are distinct targets as for a verdict. The `target` column
-  holds the pair as `"T1 vs T2"` with the names sorted (given or not), so the newest
-  preference per pair wins and preferences over different pairs of one request coexist.
-- `outcome`: a business signal (the user accepted the answer, the ticket was re-routed) -
-  any JSON value; `target` optional (empty or a known target).
-
-`source` is one of human/system/judge/simulated (the caller picks the default). A value in
-a CSV cell is text: see `parse_cell`. Checking happens in two steps - `parse_item` needs no
-lake, `check_against_lake` uses a `LakeIndex` of known request ids and their targets - and
-`validate` runs both: it returns every row or, if any item is bad, no row at all and every
+`source` is one of human/system/judge/simulated (the caller picks the default). Checking
+happens in two steps - `parse_item` needs no lake, `check_against_lake` uses a `LakeIndex`
+of known request ids and their targets - and `validate` runs both: it returns every row or, if any item is bad, no row at all and every
 reason, so nothing partial is ever written. Rows of one batch get created_at one microsecond
 apart, so when a batch labels the same thing twice the later item wins.
 """
@@ -36,16 +26,19 @@ from typing import Any
 import duckdb
 
 from proxy.ids import new_id
+from proxy.lake.label_values import (
+    BadLabel,
+    pair_target,
+    parse_cell,
+    preference_value,
+    verdict_value,
+)
 from proxy.lake.schema import LABEL_KINDS, LABEL_SOURCES, PRODUCTION
 
 FIELDS = ("request_id", "kind", "target", "value", "labeller", "source")
 # Accepted only where history is imported (a file exported with --history): kept as given.
 HISTORY_FIELDS = ("label_id", "created_at")
-PAIR_SEPARATOR = " vs "
-WINNERS = ("a", "b", "tie")
 MAX_TEXT = 256  # request ids, targets, labellers
-_TRUE_WORDS = {"correct", "true"}
-_FALSE_WORDS = {"incorrect", "false"}
 
 
 @dataclass(frozen=True)
@@ -106,116 +99,36 @@ class Validation:
         return not self.errors
 
 
-class _Bad(ValueError):
-    """One reason an item is invalid."""
-
-
 def _text(item: Mapping[str, Any], key: str, *, required: bool) -> str | None:
     raw = item.get(key)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         if required:
-            raise _Bad(f"{key} is required")
+            raise BadLabel(f"{key} is required")
         return None
     if not isinstance(raw, str):
-        raise _Bad(f"{key} must be a string, got {type(raw).__name__}")
+        raise BadLabel(f"{key} must be a string, got {type(raw).__name__}")
     text = raw.strip()
     if len(text) > MAX_TEXT:
-        raise _Bad(f"{key} is longer than {MAX_TEXT} characters")
+        raise BadLabel(f"{key} is longer than {MAX_TEXT} characters")
     return text
-
-
-def _score(x: Any, what: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-        raise _Bad(f"{what} must be a number in [0, 1], got {json.dumps(x)}")
-    if not 0.0 <= x <= 1.0:
-        raise _Bad(f"{what} must be in [0, 1], got {x}")
-    return float(x) if isinstance(x, float) else x
-
-
-def verdict_value(value: Any) -> Any:
-    """A verdict in its stored form: a bool, a score in [0, 1], or an object; else _Bad."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return _score(value, "a verdict score")
-    if isinstance(value, str):
-        word = value.strip().casefold()
-        if word in _TRUE_WORDS:
-            return True
-        if word in _FALSE_WORDS:
-            return False
-        raise _Bad(
-            f"verdict must be true/false, 'correct'/'incorrect' or a score in [0, 1], got {value!r}"
-        )
-    if isinstance(value, dict):
-        if "correct" not in value and "score" not in value:
-            raise _Bad("a verdict object needs 'correct' (true/false) or 'score' (0..1)")
-        if "correct" in value and not isinstance(value["correct"], bool):
-            raise _Bad("verdict 'correct' must be true or false")
-        if "score" in value:
-            _score(value["score"], "verdict 'score'")
-        return value
-    raise _Bad(f"verdict must be a boolean, a word, a score or an object, got {json.dumps(value)}")
-
-
-def preference_value(value: Any) -> dict[str, Any]:
-    """A preference object {"a", "b", "winner"} checked for shape; else _Bad."""
-    if not isinstance(value, dict):
-        raise _Bad(
-            'preference must be an object {"a": target, "b": target, "winner": "a"|"b"|"tie"}'
-        )
-    for key in ("a", "b"):
-        if not isinstance(value.get(key), str) or not value[key].strip():
-            raise _Bad(f"preference needs '{key}': the name of a target")
-    if value["a"].strip() == value["b"].strip():
-        raise _Bad("preference 'a' and 'b' must be different targets")
-    if value.get("winner") not in WINNERS:
-        raise _Bad(f"preference 'winner' must be one of {', '.join(WINNERS)}")
-    return {**value, "a": value["a"].strip(), "b": value["b"].strip()}
-
-
-def pair_target(a: str, b: str) -> str:
-    """The `target` column of a preference: both names sorted, so (a, b) and (b, a) match."""
-    x, y = sorted((a, b))
-    return f"{x}{PAIR_SEPARATOR}{y}"
-
-
-def parse_cell(kind: str, cell: str) -> Any:
-    """A CSV cell as the value it means for `kind`.
-
-    reference: text as it is, unless it is a JSON object, list or quoted string;
-    verdict, preference, outcome: JSON when it parses (1, 0.7, true, {...}), else text.
-    """
-    text = cell.strip()
-    if kind == "reference":
-        if text[:1] in ("{", "[", '"'):
-            try:
-                return json.loads(text)
-            except ValueError:
-                return cell
-        return cell
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _value(kind: str, item: Mapping[str, Any], from_text: bool) -> Any:
     if "value" not in item or item["value"] is None:
-        raise _Bad("value is required")
+        raise BadLabel("value is required")
     value = item["value"]
     if from_text:
         if not isinstance(value, str) or not value.strip():
-            raise _Bad("value is required")
+            raise BadLabel("value is required")
         value = parse_cell(kind, value)
     if kind == "verdict":
         return verdict_value(value)
     if kind == "preference":
         return preference_value(value)
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Bad("value must be finite")
+        raise BadLabel("value must be finite")
     if kind == "reference" and isinstance(value, str) and not value.strip():
-        raise _Bad("a reference must not be empty")
+        raise BadLabel("a reference must not be empty")
     return value
 
 
@@ -226,9 +139,9 @@ def _created_at(raw: Any) -> datetime:
         try:
             value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise _Bad(f"created_at is not an ISO 8601 time: {raw!r}") from None
+            raise BadLabel(f"created_at is not an ISO 8601 time: {raw!r}") from None
     else:
-        raise _Bad("created_at must be an ISO 8601 time")
+        raise BadLabel("created_at must be an ISO 8601 time")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -241,28 +154,28 @@ def _parse(
     allow_history: bool,
 ) -> ParsedLabel:
     if not isinstance(item, Mapping):
-        raise _Bad(f"a label must be an object, got {type(item).__name__}")
+        raise BadLabel(f"a label must be an object, got {type(item).__name__}")
     allowed = FIELDS + HISTORY_FIELDS if allow_history else FIELDS
     unknown = sorted(str(k) for k in item if k not in allowed)
     if unknown:
-        raise _Bad(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(allowed)}")
+        raise BadLabel(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(allowed)}")
     request_id = _text(item, "request_id", required=True)
     kind = _text(item, "kind", required=True)
     if kind not in LABEL_KINDS:
-        raise _Bad(f"kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+        raise BadLabel(f"kind must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
     source = _text(item, "source", required=False) or default_source
     if source not in LABEL_SOURCES:
-        raise _Bad(f"source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
+        raise BadLabel(f"source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
     target = _text(item, "target", required=False)
     value = _value(kind, item, from_text)
     if kind == "reference" and target is not None:
-        raise _Bad("a reference label has no target (it is about the request, not one output)")
+        raise BadLabel("a reference label has no target (it is about the request, not one output)")
     if kind == "verdict" and target is None:
-        raise _Bad("a verdict needs a target: 'production' or a candidate name")
+        raise BadLabel("a verdict needs a target: 'production' or a candidate name")
     if kind == "preference":
         pair = pair_target(value["a"], value["b"])
         if target is not None and target != pair:
-            raise _Bad(f"a preference's target is its pair {pair!r} (or empty), got {target!r}")
+            raise BadLabel(f"a preference's target is its pair {pair!r} (or empty), got {target!r}")
         target = pair
     label_id = _text(item, "label_id", required=False) if allow_history else None
     raw_at = item.get("created_at") if allow_history else None
@@ -298,7 +211,7 @@ def parse_item(
             default_source=default_source,
             allow_history=allow_history,
         )
-    except _Bad as exc:
+    except BadLabel as exc:
         return LabelError(number, str(exc))
 
 

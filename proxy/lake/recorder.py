@@ -295,7 +295,8 @@ class Recorder:
     async def close(self) -> None:
         """Flush every recorded row and stop; idempotent (later calls wait for the first)."""
         if self._close_task is None:
-            self._close_task = asyncio.get_running_loop().create_task(self._close())
+            # Its own set: closing cancels `self._tasks`, which must not include itself.
+            self._close_task = TaskSet("recorder-close").spawn(self._close(), "close")
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:

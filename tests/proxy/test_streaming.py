@@ -17,7 +17,8 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from proxy.streaming import AssembledOutput, StreamAssembler, parse_completion
+from proxy.answer import AssembledOutput, parse_completion
+from proxy.streaming import StreamAssembler
 from tests.proxy.fake_candidate import (
     ANSWER,
     ANSWER_PIECES,

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 
+from proxy.lake.label_values import pair_target, parse_cell
 from proxy.lake.labels import (
     LabelError,
     LakeIndex,
     ParsedLabel,
     check_against_lake,
     finish,
-    pair_target,
-    parse_cell,
     parse_item,
     validate,
 )
