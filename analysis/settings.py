@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from proxy.config import Settings
+from proxy.config import Settings, describe_validation_error
 from proxy.errors import ConfigError
 
 ScorerKind = Literal[
@@ -280,15 +280,6 @@ def _location(err: Mapping[str, Any]) -> str:
     return ".".join(["analysis", *loc])
 
 
-def format_errors(exc: ValidationError, source: str = "config") -> str:
-    """One line per problem, each naming its field as `analysis.x.y`."""
-    lines = []
-    for err in exc.errors():
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"{source}: {_location(err)}: {msg}")
-    return "invalid analysis settings\n  " + "\n  ".join(lines)
-
-
 def parse_analysis(data: Mapping[str, Any] | None, source: str = "config") -> AnalysisSettings:
     """Validate the raw `analysis` mapping; raise ConfigError naming each bad field."""
     if data is not None and not isinstance(data, Mapping):
@@ -296,7 +287,11 @@ def parse_analysis(data: Mapping[str, Any] | None, source: str = "config") -> An
     try:
         return AnalysisSettings.model_validate(dict(data or {}))
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, source)) from None
+        raise ConfigError(
+            describe_validation_error(
+                exc, source=source, heading="invalid analysis settings", location=_location
+            )
+        ) from None
 
 
 def from_settings(settings: Settings, source: str = "config") -> AnalysisSettings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,16 +206,23 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return out
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def describe_validation_error(
+    exc: ValidationError,
+    *,
+    source: str,
+    heading: str,
+    location: Callable[[Mapping[str, Any]], str] | None = None,
+) -> str:
+    """One line per problem, each naming its field (`location` maps an error to its name)."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
+        where = location(err) if location else ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if msg.startswith(where + ":"):
             lines.append(f"{source}: {msg}")
         else:
             lines.append(f"{source}: {where}: {msg}")
-    return "invalid config\n  " + "\n  ".join(lines)
+    return f"{heading}\n  " + "\n  ".join(lines)
 
 
 def parse_settings(data: Any, source: str = "config") -> Settings:
@@ -223,7 +231,9 @@ def parse_settings(data: Any, source: str = "config") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+        raise ConfigError(
+            describe_validation_error(exc, source=source, heading="invalid config")
+        ) from None
 
 
 def _interpolate_tree(node: Any, env: dict[str, str], where: str, missing: list[str]) -> Any:

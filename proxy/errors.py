@@ -84,3 +84,10 @@ def upstream_error_code(body: bytes) -> str | None:
         value = err.get("code") or err.get("type")
         return str(value)[:100] if value else None
     return None
+
+
+def describe_exception(exc: BaseException, limit: int | None = None) -> str:
+    """A short failure description for logs and error JSON: type and message, no content."""
+    text = str(exc)
+    out = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return out if limit is None else out[:limit]

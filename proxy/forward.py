@@ -22,7 +22,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import ProductionSettings
-from proxy.errors import ProxyHTTPError, upstream_timeout, upstream_unreachable
+from proxy.errors import (
+    ProxyHTTPError,
+    describe_exception,
+    upstream_timeout,
+    upstream_unreachable,
+)
 
 # RFC 9110 §7.6.1 plus the legacy names proxies still meet in practice.
 HOP_BY_HOP = frozenset(
@@ -89,12 +94,6 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         if name.lower() not in drop:
             out.add(name, value)
     return out
-
-
-def _describe(exc: BaseException) -> str:
-    """A short description of a failure for logs and error JSON (no request content)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def upstream_session(production: ProductionSettings) -> aiohttp.ClientSession:
@@ -183,13 +182,13 @@ class Forwarder:
             exchange.fail("dropped", "client disconnected")
             raise
         except TimeoutError as exc:
-            exchange.fail("timeout", _describe(exc))
+            exchange.fail("timeout", describe_exception(exc))
             raise upstream_timeout(exchange.error_detail or "timeout") from None
         except aiohttp.ClientConnectionError as exc:
-            exchange.fail("connect", _describe(exc))
+            exchange.fail("connect", describe_exception(exc))
             raise upstream_unreachable(exchange.error_detail or "connect") from None
         except aiohttp.ClientError as exc:
-            exchange.fail("invalid", _describe(exc))
+            exchange.fail("invalid", describe_exception(exc))
             raise ProxyHTTPError(
                 502,
                 f"invalid upstream response: {exchange.error_detail}",
@@ -263,7 +262,7 @@ class Forwarder:
     @staticmethod
     def _cut(request: web.Request, exchange: Exchange, kind: str, exc: BaseException) -> bool:
         """Production failed mid-answer: close the client connection without a clean end."""
-        exchange.fail(kind, _describe(exc))
+        exchange.fail(kind, describe_exception(exc))
         if request.transport is not None:
             request.transport.close()
         return False

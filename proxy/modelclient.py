@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from proxy.answer import AssembledOutput, parse_completion
 from proxy.config import CandidateSettings
-from proxy.errors import upstream_error_code
+from proxy.errors import describe_exception, upstream_error_code
 from proxy.streaming import StreamAssembler
 
 # Routes whose chat/legacy streams understand `stream_options.include_usage`.
@@ -95,12 +95,6 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         old = out.get(key)
         out[key] = merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
     return out
-
-
-def _describe(exc: BaseException) -> str:
-    """A short error detail: exception type and message (never headers or bodies)."""
-    text = str(exc)
-    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:_DETAIL_CHARS]
 
 
 def _is_answer(obj: Any) -> bool:
@@ -172,7 +166,9 @@ class ModelClient:
         try:
             data = orjson.dumps(self.payload(route, body, stream=stream))
         except (TypeError, orjson.JSONEncodeError) as exc:
-            return run.fail("invalid", f"request body cannot be sent: {_describe(exc)}")
+            return run.fail(
+                "invalid", f"request body cannot be sent: {describe_exception(exc, _DETAIL_CHARS)}"
+            )
         try:
             async with asyncio.timeout(self.candidate.timeout_s):
                 return await self._exchange(run, route, data)
@@ -181,11 +177,14 @@ class ModelClient:
         except aiohttp.ClientConnectionError as exc:
             # Before the status line: unreachable. After it: the answer broke off.
             kind = "connect" if run.outcome.status is None else "invalid"
-            return run.fail(kind, _describe(exc))
+            return run.fail(kind, describe_exception(exc, _DETAIL_CHARS))
         except aiohttp.ClientError as exc:
-            return run.fail("invalid", _describe(exc))
+            return run.fail("invalid", describe_exception(exc, _DETAIL_CHARS))
         except (OSError, ValueError) as exc:
-            return run.fail("connect" if run.outcome.status is None else "invalid", _describe(exc))
+            return run.fail(
+                "connect" if run.outcome.status is None else "invalid",
+                describe_exception(exc, _DETAIL_CHARS),
+            )
 
     async def _exchange(self, run: _Call, route: str, data: bytes) -> CallOutcome:
         """Send the request and read the answer as a stream or as one body."""

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from proxy.config import describe_validation_error
 from proxy.errors import ConfigError
 from shadoweval.simulator.task import QUEUES
 
@@ -212,14 +213,6 @@ def resolve_like(models: list[Any]) -> list[Any]:
     return out
 
 
-def _describe(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}")
-    return "invalid simulator scenario\n  " + "\n  ".join(lines)
-
-
 def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     """Validate a scenario mapping; ConfigError names the field."""
     if not isinstance(data, dict):
@@ -227,7 +220,9 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(source, exc)) from None
+        raise ConfigError(
+            describe_validation_error(exc, source=source, heading="invalid simulator scenario")
+        ) from None
     except ValueError as exc:  # raised while expanding `like`
         raise ConfigError(f"invalid simulator scenario\n  {source}: {exc}") from None
 
