@@ -11,7 +11,6 @@ shutdown the mirror drains first and the recorder flushes last.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +38,7 @@ from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import Recorder
 from proxy.metrics import ProxyMetrics, metrics_handler
 from proxy.mirror import Mirror
-from proxy.sampling import Sampler, SamplingDecision
+from proxy.sampling import SUPPORTED_ROUTES, Sampler, SamplingDecision
 
 log = structlog.get_logger("shadoweval.proxy")
 
@@ -53,10 +52,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 SAMPLER = web.AppKey("sampler", Sampler)
 MIRROR = web.AppKey("mirror", Mirror)
 
-# POST routes whose requests and production answers are recorded (and may be mirrored).
-RECORDED_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
-)
+# POST routes whose requests and production answers are recorded: the mirrorable ones.
+RECORDED_ROUTES = SUPPORTED_ROUTES
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -102,11 +99,6 @@ def _begin_capture(
     except Exception:
         log.exception("sampling failed; request not mirrored", route=route)
         decision = _not_sampled("sampler_error")
-    if decision.mirrored and not app[MIRROR].candidates:
-        # Nothing to mirror to: the row must not claim a shadow call that never happens.
-        decision = dataclasses.replace(
-            decision, mirrored=False, sample_rate=0.0, reason="no_candidates"
-        )
     omit = (
         not settings.storage.store_content
         or request.headers.get(settings.storage.omit_header, "").strip().lower() == "content"
@@ -237,7 +229,9 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[LIFECYCLE] = lifecycle
     recorder = Recorder(settings.storage, registry=registry)
     app[RECORDER] = recorder
-    app[SAMPLER] = Sampler(settings.sampling)
+    app[SAMPLER] = Sampler(
+        settings.sampling, has_candidates=any(c.enabled for c in settings.candidates)
+    )
     app[MIRROR] = Mirror(settings, recorder, registry=registry)
     app.on_response_prepare.append(add_request_id)
     app.on_shutdown.append(_on_shutdown)

@@ -66,31 +66,32 @@ def make_edge_middleware(
         t0 = time.perf_counter()
         status = 500
         metrics.in_flight.inc()
-        with structlog.contextvars.bound_contextvars(request_id=rid):
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except ProxyHTTPError as exc:
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except ProxyHTTPError as exc:
+            status = exc.status
+            return error_response(exc.status, exc.message, exc.type, exc.code)
+        except web.HTTPException as exc:
+            if exc.status < 400:
                 status = exc.status
-                return error_response(exc.status, exc.message, exc.type, exc.code)
-            except web.HTTPException as exc:
-                if exc.status < 400:
-                    status = exc.status
-                    raise
-                error = _error_for(request, exc)
-                status = error.status
-                return error
-            except asyncio.CancelledError:
-                status = 499  # the client went away before the answer was complete
                 raise
-            except Exception:
-                log.exception("unhandled error in request handler", path=request.path)
-                return error_response(500, "internal proxy error", "server_error", "internal_error")
-            finally:
-                metrics.in_flight.dec()
-                seconds = time.perf_counter() - t0
-                metrics.observe(route_label(request), status, seconds)
+            error = _error_for(request, exc)
+            status = error.status
+            return error
+        except asyncio.CancelledError:
+            status = 499  # the client went away before the answer was complete
+            raise
+        except Exception:
+            log.exception("unhandled error in request handler", path=request.path)
+            return error_response(500, "internal proxy error", "server_error", "internal_error")
+        finally:
+            metrics.in_flight.dec()
+            seconds = time.perf_counter() - t0
+            metrics.observe(route_label(request), status, seconds)
+            try:
                 if access_log:
                     exchange = request.get(EXCHANGE)
                     log_fn = log.debug if request.path in _QUIET_PATHS else log.info
@@ -104,6 +105,9 @@ def make_edge_middleware(
                         if exchange is not None and exchange.upstream_ms is not None
                         else None,
                     )
+            finally:
+                # Unbound after the access line, which carries the id too.
+                structlog.contextvars.reset_contextvars(**tokens)
 
     return edge
 

@@ -45,7 +45,7 @@ class SamplingDecision:
     sample_rate: float  # P(mirrored): the inclusion probability recorded on the request
     tags: list[str]
     session_id: str | None
-    reason: str  # sampled | not_sampled | unsupported_route | excluded_route | not_json | opt_out
+    reason: str  # sampled | not_sampled | unsupported_route | excluded_route | not_json | opt_out | no_candidates
 
 
 def sticky_uniform(seed: str, key: str) -> float:
@@ -103,8 +103,16 @@ class _Rule:
 class Sampler:
     """Decides, per request and without I/O, whether to mirror it (see the module doc)."""
 
-    def __init__(self, sampling: SamplingSettings, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        sampling: SamplingSettings,
+        *,
+        has_candidates: bool = True,
+        rng: random.Random | None = None,
+    ) -> None:
         self._s = sampling
+        # With no enabled candidate nothing is mirrored, whatever the rate says.
+        self._has_candidates = has_candidates
         self._rng = rng or random.Random()
         self._rules = [_Rule(r) for r in sampling.rules]
         self._excluded = frozenset(sampling.exclude_routes)
@@ -131,6 +139,8 @@ class Sampler:
         skip = headers.get(s.skip_header) if s.skip_header else None
         if skip is not None and skip.strip().lower() not in _OFF_VALUES:
             return SamplingDecision(False, 0.0, tags, session, "opt_out")
+        if not self._has_candidates:
+            return SamplingDecision(False, 0.0, tags, session, "no_candidates")
         rate = s.rate
         for rule in self._rules:
             if rule.matches(route, headers, body, tags):

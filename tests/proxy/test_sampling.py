@@ -200,3 +200,13 @@ def test_recorded_rates_are_inclusion_probabilities() -> None:
         d.mirrored for d in decisions
     )
     assert naive > 0.2  # unweighted, the oversampled subset looks 4x more common than it is
+
+
+def test_without_candidates_nothing_is_mirrored_but_tags_and_sessions_are_kept() -> None:
+    s = Sampler(
+        SamplingSettings.model_validate({"rate": 1.0, "session_header": "x-session-id"}),
+        has_candidates=False,
+    )
+    d = s.decide(CHAT, {"x-shadow-tags": "a,b", "x-session-id": "s1"}, BODY)
+    assert (d.mirrored, d.sample_rate, d.reason) == (False, 0.0, "no_candidates")
+    assert d.tags == ["a", "b"] and d.session_id == "s1"
