@@ -55,11 +55,19 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any
+    # Tracebacks never show local variables: a request's locals hold its Authorization
+    # header, prompts and keys, and logs are read by more people than the lake is.
     if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(),
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False),
+        )
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-    tail: list[Any] = [] if console else [structlog.processors.dict_tracebacks]
+    tracebacks = structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    )
+    tail: list[Any] = [] if console else [tracebacks]
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),

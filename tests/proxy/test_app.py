@@ -178,3 +178,27 @@ async def test_access_log_can_be_turned_off(
     async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/models") as r:
         assert r.status == 200
     assert '"access"' not in log_stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_logged_tracebacks_never_show_local_variables(fmt: str) -> None:
+    """A failing request's locals hold its Authorization header: never in the log."""
+    stream = io.StringIO()
+    configure_logging(LoggingSettings(format=fmt, level="info"), stream=stream, cache=False)
+    try:
+        secret = "sk-client-" + "Q" * 20
+
+        def fail(authorization: str) -> None:
+            raise RuntimeError("boom")
+
+        try:
+            fail(secret)
+        except RuntimeError:
+            structlog.get_logger("t").exception("handler failed")
+            logging.getLogger("asyncio").exception("callback failed")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    text = stream.getvalue()
+    assert "boom" in text and "handler failed" in text and "callback failed" in text
+    assert secret not in text
