@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 from aiohttp import web
@@ -33,7 +32,7 @@ from proxy.edge import (
     route_label,
 )
 from proxy.errors import body_too_large
-from proxy.forward import Exchange, Forwarder, upstream_session
+from proxy.forward import Exchange, Forwarder, upstream_pool
 from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import Recorder
 from proxy.metrics import ProxyMetrics, metrics_handler
@@ -46,7 +45,6 @@ SETTINGS = web.AppKey("settings", Settings)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 RECORDER = web.AppKey("recorder", Recorder)
 SAMPLER = web.AppKey("sampler", Sampler)
@@ -175,11 +173,10 @@ def _proxy_handler(app: web.Application) -> Handler:
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The process's one keep-alive pool to production, for the app's lifetime."""
-    session = upstream_session(app[SETTINGS].production)
-    app[SESSION] = session
-    app[FORWARDER] = Forwarder(session, app[SETTINGS].production)
+    pool = upstream_pool(app[SETTINGS].production)
+    app[FORWARDER] = Forwarder(pool, app[SETTINGS].production)
     yield
-    await session.close()
+    await pool.close()
 
 
 async def _recorder_ctx(app: web.Application) -> AsyncIterator[None]:

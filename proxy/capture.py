@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 
@@ -30,6 +29,7 @@ from proxy.lake.schema import PRODUCTION
 from proxy.mirror import Mirror
 from proxy.sampling import SamplingDecision
 from proxy.streaming import StreamAssembler
+from proxy.upstream import UpstreamResponse
 
 log = structlog.get_logger("shadoweval.capture")
 
@@ -151,7 +151,7 @@ class Capture:
         except Exception:
             log.exception("mirror submit failed", route=self.route)
 
-    def on_headers(self, upstream: aiohttp.ClientResponse) -> None:
+    def on_headers(self, upstream: UpstreamResponse) -> None:
         """Production answered: choose how to read its body, then start the shadow calls."""
         try:
             ctype = upstream.headers.get("Content-Type", "")

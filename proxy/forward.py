@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from proxy.config import ProductionSettings
 from proxy.errors import (
@@ -28,6 +27,7 @@ from proxy.errors import (
     upstream_timeout,
     upstream_unreachable,
 )
+from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 # RFC 9110 §7.6.1 plus the legacy names proxies still meet in practice.
 HOP_BY_HOP = frozenset(
@@ -47,7 +47,7 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 SHADOW_PREFIX = "x-shadow-"
 
-OnHeaders = Callable[[aiohttp.ClientResponse], None]
+OnHeaders = Callable[[UpstreamResponse], None]
 OnChunk = Callable[[bytes], None]
 
 
@@ -96,43 +96,47 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-def upstream_session(production: ProductionSettings) -> aiohttp.ClientSession:
-    """The one keep-alive connection pool to production for this process."""
-    connector = aiohttp.TCPConnector(limit=production.pool_size, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(
-        total=production.total_timeout_s,
-        sock_connect=production.connect_timeout_s,
-        sock_read=production.read_timeout_s,
+def upstream_pool(production: ProductionSettings) -> UpstreamPool:
+    """The one keep-alive connection pool to production for this process (call in the loop).
+
+    Bytes pass through as sent (a compressed answer stays compressed), no cookie is ever
+    kept, no redirect followed, and only the client's own headers are sent.
+    """
+    return UpstreamPool(
+        production.base_url,
+        limit=production.pool_size,
+        connect_timeout=production.connect_timeout_s,
+        read_timeout=production.read_timeout_s,
+        total_timeout=production.total_timeout_s,
     )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        # Bytes pass through as sent (a compressed body stays compressed for the client).
-        auto_decompress=False,
-        # Cookies one client receives must never be sent on another client's request.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Send only what the client sent: no invented User-Agent, Accept or Content-Type.
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        trust_env=False,
-    )
+
+
+class _WholeAnswer(web.StreamResponse):
+    """A relayed answer whose body is already here: headers wait for the body's first write.
+
+    aiohttp's own `web.Response` holds its headers back the same way; if a later aiohttp
+    drops the attribute, answers merely go out in two writes instead of one.
+    """
+
+    _send_headers_immediately = False
 
 
 class Forwarder:
-    """Sends requests to production over one session and relays the answers."""
+    """Sends requests to production over one pool and relays the answers."""
 
-    def __init__(self, session: aiohttp.ClientSession, production: ProductionSettings) -> None:
-        """Precompute what every request needs: base URL and Authorization."""
-        self._session = session
-        self._base = production.base_url
+    def __init__(self, pool: UpstreamPool, production: ProductionSettings) -> None:
+        """Precompute what every request needs: the base path and Authorization."""
+        self._pool = pool
+        self._base_path = urlsplit(production.base_url).path.rstrip("/")
         self._auth = f"Bearer {production.api_key}" if production.api_key else None
 
-    def upstream_url(self, raw_path: str) -> URL:
-        """`/v1/x?q` → `<base_url>/x?q`, keeping the client's encoding of path and query."""
-        return URL(self._base + raw_path[3:], encoded=True)
+    def upstream_target(self, raw_path: str) -> str:
+        """`/v1/x?q` → `<base path>/x?q`, keeping the client's encoding of path and query."""
+        return self._base_path + raw_path[3:]
 
     def request_headers(
         self, incoming: CIMultiDictProxy[str], *, identity: bool
-    ) -> CIMultiDict[str]:
+    ) -> list[tuple[str, str]]:
         """The client's headers for production: hop-by-hop and proxy controls removed,
         Authorization replaced when the proxy has its own production key."""
         drop = (
@@ -140,19 +144,19 @@ class Forwarder:
             if "Connection" in incoming
             else _REQUEST_DROP
         )
-        out: CIMultiDict[str] = CIMultiDict()
+        out: list[tuple[str, str]] = []
         for name, value in incoming.items():
             low = name.lower()
             if low in drop or low.startswith(SHADOW_PREFIX):
                 continue
             if (low == "authorization" and self._auth) or (identity and low == "accept-encoding"):
                 continue
-            out.add(name, value)
+            out.append((name, value))
         if self._auth:
-            out["Authorization"] = self._auth
+            out.append(("Authorization", self._auth))
         if identity:
             # Recorded routes ask for an uncompressed answer so it can be read as it streams.
-            out["Accept-Encoding"] = "identity"
+            out.append(("Accept-Encoding", "identity"))
         return out
 
     async def relay(
@@ -171,23 +175,21 @@ class Forwarder:
         body chunk right after it was written to the client. Both must be quick and must
         not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
         """
-        url = self.upstream_url(request.raw_path)
+        target = self.upstream_target(request.raw_path)
         headers = self.request_headers(request.headers, identity=identity)
         exchange.started_at, exchange.t0 = datetime.now(UTC), time.perf_counter()
         try:
-            upstream = await self._session.request(
-                request.method, url, headers=headers, data=body or None, allow_redirects=False
-            )
+            upstream = await self._pool.request(request.method, target, headers, body)
         except asyncio.CancelledError:
             exchange.fail("dropped", "client disconnected")
             raise
         except TimeoutError as exc:
             exchange.fail("timeout", describe_exception(exc))
             raise upstream_timeout(exchange.error_detail or "timeout") from None
-        except aiohttp.ClientConnectionError as exc:
-            exchange.fail("connect", describe_exception(exc))
-            raise upstream_unreachable(exchange.error_detail or "connect") from None
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
+            if exc.kind == "connect":
+                exchange.fail("connect", describe_exception(exc))
+                raise upstream_unreachable(exchange.error_detail or "connect") from None
             exchange.fail("invalid", describe_exception(exc))
             raise ProxyHTTPError(
                 502,
@@ -201,7 +203,10 @@ class Forwarder:
             exchange.upstream_ms = exchange.elapsed_ms()
             if on_headers is not None:
                 on_headers(upstream)
-            response = web.StreamResponse(
+            # An answer that arrived whole goes out in one write, headers and body together;
+            # one still arriving gets its headers at once (a stream's first event waits).
+            kind = _WholeAnswer if upstream.body_complete else web.StreamResponse
+            response = kind(
                 status=upstream.status,
                 reason=upstream.reason,
                 headers=response_headers(upstream.headers),
@@ -227,20 +232,17 @@ class Forwarder:
     async def _pump(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         response: web.StreamResponse,
         exchange: Exchange,
         on_chunk: OnChunk | None,
     ) -> bool:
         """Copy the body chunk by chunk as it arrives; True when it ended normally."""
-        content = upstream.content
         while True:
             try:
-                chunk = await content.readany()
-            except TimeoutError as exc:
-                return self._cut(request, exchange, "timeout", exc)
-            except aiohttp.ClientError as exc:
-                return self._cut(request, exchange, "connect", exc)
+                chunk = await upstream.read()
+            except UpstreamError as exc:
+                return self._cut(request, exchange, exc.kind, exc)
             if not chunk:
                 break
             if exchange.ttft_ms is None:
