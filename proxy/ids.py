@@ -15,12 +15,34 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _SHIFTS = tuple(range(120, -1, -10))
 _VALID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+# Random bits come from the OS 4 KiB at a time: one getrandom() call per ~400 ids instead of
+# one per id. A forked worker must not replay its parent's buffer, so fork empties it.
+_RANDOM_BYTES = 4096
+_random = b""
+_offset = _RANDOM_BYTES
+
+
+def _reset_random() -> None:
+    global _random, _offset
+    _random, _offset = b"", _RANDOM_BYTES
+
+
+os.register_at_fork(after_in_child=_reset_random)
+
+
+def _random80() -> int:
+    global _random, _offset
+    if _offset + 10 > len(_random):
+        _random, _offset = os.urandom(_RANDOM_BYTES), 0
+    start = _offset
+    _offset = start + 10
+    return int.from_bytes(_random[start : start + 10], "big")
 
 
 def new_id(now_ms: int | None = None) -> str:
     """A new id: 48 bits of milliseconds, then 80 random bits, as 26 base32 characters."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | _random80()
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -39,6 +40,23 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         return None
     return uvloop.new_event_loop
+
+
+# Young-generation collections every 20,000 net allocations instead of 700: a request
+# allocates a few hundred tracked objects, and at the default each full collection walked
+# every object of the process while all in-flight requests waited (~64 ms at saturation).
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Once started: move everything built so far out of the collector's sight, collect less often.
+
+    Objects alive at start-up (modules, settings, compiled patterns, the app) live for the
+    whole process; `gc.freeze` stops collections from traversing them again and again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
@@ -75,6 +93,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
             raise ShadowevalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+        tune_gc()
         log.info(
             "listening",
             host=settings.server.host,
