@@ -8,6 +8,9 @@ CPU 1, so the proxy has a core of its own.
 
 Scenarios, interleaved round by round (in a rotating order) so machine noise hits all alike:
   direct         client -> nginx
+  aiofloor       client -> aiohttp server + aiohttp client relay -> nginx  (see FLOORS)
+  floor          client -> aiohttp server + proxy.upstream relay -> nginx
+  rawfloor       client -> asyncio Protocol/llhttp server + proxy.upstream relay -> nginx
   proxy          client -> proxy -> nginx, no candidates (mirroring off)
   mirror10       10% mirrored to 2 candidates (nginx)
   slowcands      10% mirrored to 2 candidates answering after --slow-ms (default 50 ms)
@@ -185,45 +188,115 @@ class Proxy:
     lake: Path
 
 
-def serve_relay(port: int, upstream: str) -> None:
-    """Body of the floor process (`--serve-relay PORT`): the least an aiohttp relay does.
+# The floors: relays that do nothing but relay, pinned to the proxy's core, so the proxy's
+# own work can be told from its framework's. Each reads the body, sends it upstream over a
+# keep-alive pool, reads the whole answer and returns it: no ids, metrics, logs, records.
+FLOORS = {
+    "aiofloor": "aiohttp server + aiohttp client (the proxy's stack before proxy/upstream.py)",
+    "floor": "aiohttp server + proxy.upstream's lean client (the proxy's stack now)",
+    "rawfloor": "asyncio Protocol server on llhttp + proxy.upstream's lean client",
+}
 
-    It reads the body, POSTs it upstream over a keep-alive pool, reads the answer and
-    returns it - no ids, metrics, logging, recording or mirroring. Its cost on the same
-    core is the framework's floor, against which the proxy's own work is judged.
-    """
+
+def serve_relay(port: int, upstream: str, kind: str) -> None:
+    """Body of a floor process (`--serve-relay PORT --relay-kind KIND`); see FLOORS."""
     import aiohttp
     import uvloop
     from aiohttp import web
 
+    from proxy.upstream import UpstreamPool
+
     async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        pool = UpstreamPool(
+            upstream, limit=1000, connect_timeout=5, read_timeout=30, total_timeout=60
+        )
+        json_headers = [("Content-Type", "application/json")]
+
+        async def relay(target: str, body: bytes) -> tuple[int, bytes]:
+            answer = await pool.request("POST", target, json_headers, body)
+            parts = []
+            while chunk := await answer.read():
+                parts.append(chunk)
+            answer.release()
+            return answer.status, b"".join(parts)
+
+        if kind == "rawfloor":
+            await loop.create_server(lambda: _RawRelay(relay), "127.0.0.1", port, backlog=1024)
+            await asyncio.Event().wait()
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
-        headers = {"Content-Type": "application/json"}
+        base = upstream.rstrip("/")
 
         async def handle(request: web.Request) -> web.Response:
             body = await request.read()
-            url = upstream + request.path[3:]
-            async with session.post(url, data=body, headers=headers) as r:
-                data = await r.read()
-                return web.Response(body=data, status=r.status, content_type="application/json")
+            if kind == "aiofloor":
+                async with session.post(
+                    base + request.path[3:], data=body, headers=dict(json_headers)
+                ) as r:
+                    status, data = r.status, await r.read()
+            else:
+                status, data = await relay("/v1" + request.path[3:], body)
+            return web.Response(body=data, status=status, content_type="application/json")
 
         app = web.Application()
         app.router.add_post("/v1/{tail:.*}", handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
         await asyncio.Event().wait()
 
     uvloop.run(serve())
 
 
+class _RawRelay(asyncio.Protocol):
+    """The least an HTTP/1.1 keep-alive relay can be in Python: llhttp in, llhttp out."""
+
+    def __init__(self, relay: Any) -> None:
+        import httptools
+
+        self._relay = relay
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._body: list[bytes] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        url, body = self._url.decode(), b"".join(self._body)
+        self._url, self._body = b"", []
+        task = asyncio.get_running_loop().create_task(self._answer(url, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, url: str, body: bytes) -> None:
+        status, data = await self._relay(url, body)
+        if self._transport is not None and not self._transport.is_closing():
+            head = (
+                f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n"
+            )
+            self._transport.write(head.encode() + data)
+
+
 @contextlib.contextmanager
-def floor_relay(production: str, cpu: int = PROXY_CPU) -> Iterator[Proxy]:
-    """The floor relay pinned to the proxy's CPU."""
+def floor_relay(kind: str, production: str, cpu: int = PROXY_CPU) -> Iterator[Proxy]:
+    """A floor relay (see FLOORS) pinned to the proxy's CPU."""
     port = free_port()
     proc = subprocess.Popen(
         ["taskset", "-c", str(cpu), sys.executable, "-m", "bench.proxy_overhead",
-         "--serve-relay", str(port), "--upstream", production],
+         "--serve-relay", str(port), "--relay-kind", kind, "--upstream", production],
     )  # fmt: skip
     try:
         wait_port(port)
@@ -447,9 +520,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-SCENARIOS = ("direct", "floor", "proxy", "mirror10", "slowcands", "downcands")
+SCENARIOS = (
+    "direct", "aiofloor", "floor", "rawfloor", "proxy", "mirror10", "slowcands", "downcands"
+)  # fmt: skip
 PROXIED = SCENARIOS[1:]
-THROUGHPUT = ("direct", "floor", "proxy", "mirror10")
+THROUGHPUT = ("direct", *FLOORS, "proxy", "mirror10")
 
 
 def cpu_busy(cpu: int) -> tuple[float, float]:
@@ -535,8 +610,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in order:
                 if name == "direct":
                     measure(name, prod, None)
-                elif name == "floor":
-                    with floor_relay(prod, args.proxy_cpu) as f:
+                elif name in FLOORS:
+                    with floor_relay(name, prod, args.proxy_cpu) as f:
                         warm_up(f.url, body_file)
                         measure(name, f.url, f.pid)
                 else:
@@ -658,12 +733,13 @@ def main() -> None:
     ap.add_argument("--serve-slow", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--serve-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
+    ap.add_argument("--relay-kind", choices=tuple(FLOORS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_slow:
         serve_slow(args.serve_slow, args.slow_ms)
         return
     if args.serve_relay:
-        serve_relay(args.serve_relay, args.upstream)
+        serve_relay(args.serve_relay, args.upstream, args.relay_kind)
         return
     ensure_tools()
     pin_to_load_cpu()
