@@ -13,7 +13,7 @@ Compaction writes the merged segment first (invisible), then replaces the manife
 `live`, inputs `superseded`) - the one atomic switch - and deletes the inputs only after a
 grace period, so a query that listed them before the switch can still read them. Every
 reader (the views of `reader.py`, `catalog.duckdb`) applies these rules in SQL, reading the
-manifest in the same query as the segments. A missing manifest means "nothing compacted".
+manifest once in the same query as the segments. A missing manifest means "nothing compacted".
 """
 
 from __future__ import annotations
@@ -115,24 +115,29 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def visibility_sql(dataset_root: Path) -> str:
-    """A WHERE condition on a `filename` column applying the manifest rules above."""
+def visible_sql(scan: str, dataset_root: Path) -> str:
+    """`scan` (a SELECT with a `filename` column) restricted to the segments the manifest shows.
+
+    The manifest is scanned once per query and joined to the segments: each rule must see
+    the same version of it. (Two reads, one per rule, let a switch fall between them and
+    show inputs and merged segment both - or neither.)
+    """
     root = str(Path(dataset_root).resolve())
     manifest = (
-        "(SELECT file, state FROM (SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS state "
-        "WHERE false UNION ALL BY NAME SELECT * FROM read_json("
-        f"{_sql_str(os.path.join(root, MANIFEST_NAME))}, allow_empty = true, "
-        "format = 'newline_delimited', columns = {'file': 'VARCHAR', 'state': 'VARCHAR'})))"
+        "SELECT NULL::VARCHAR AS file, NULL::VARCHAR AS state WHERE false UNION ALL BY NAME "
+        f"SELECT * FROM read_json({_sql_str(os.path.join(root, MANIFEST_NAME))}, "
+        "allow_empty = true, format = 'newline_delimited', "
+        "columns = {'file': 'VARCHAR', 'state': 'VARCHAR'})"
     )
-    prefix = _sql_str(root + os.sep)
-
-    def files(state: str) -> str:
-        return (
-            f"SELECT {prefix} || file FROM {manifest} WHERE state = '{state}' AND file IS NOT NULL"
-        )
-
+    # A file has one line (`write_manifest` writes a dict); grouping only makes sure the
+    # join can never repeat a segment's rows.
+    states = (
+        f"SELECT {_sql_str(root + os.sep)} || file AS path, max(state) AS state "
+        f"FROM ({manifest}) WHERE file IS NOT NULL GROUP BY file"
+    )
     return (
-        f"CASE WHEN starts_with(parse_filename(filename), '{COMPACTED_PREFIX}') "
-        f"THEN filename IN ({files(LIVE)}) "
-        f"ELSE filename NOT IN ({files(SUPERSEDED)}) END"
+        f"SELECT s.* FROM ({scan}) AS s LEFT JOIN ({states}) AS m ON s.filename = m.path "
+        f"WHERE CASE WHEN starts_with(parse_filename(s.filename), '{COMPACTED_PREFIX}') "
+        f"THEN m.state IS NOT DISTINCT FROM '{LIVE}' "
+        f"ELSE m.state IS DISTINCT FROM '{SUPERSEDED}' END"
     )

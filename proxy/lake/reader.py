@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from proxy.lake.manifest import visibility_sql
+from proxy.lake.manifest import visible_sql
 from proxy.lake.schema import DATASETS, Dataset
 from proxy.lake.writer import TMP_SUFFIX
 
@@ -83,10 +83,8 @@ def dataset_source_sql(data_dir: Path, ds: Dataset, files: list[Path] | None = N
         "hive_types = {'date': 'DATE'}, union_by_name = true, filename = true)"
     )
     root = Path(data_dir).resolve() / ds.name
-    return (
-        "SELECT COLUMNS(lambda c: c NOT IN ('empty', 'filename')) "
-        f"FROM ({_typed_empty(ds)} UNION ALL BY NAME {scan}) WHERE {visibility_sql(root)}"
-    )
+    visible = visible_sql(f"{_typed_empty(ds)} UNION ALL BY NAME {scan}", root)
+    return f"SELECT COLUMNS(lambda c: c NOT IN ('empty', 'filename')) FROM ({visible})"
 
 
 LABELS_LATEST_SQL = (
