@@ -56,7 +56,7 @@ class _Disconnected(UpstreamError):
 class UpstreamResponse:
     """One answer: status, reason and headers at once; the body as it arrives."""
 
-    __slots__ = ("_conn", "headers", "reason", "status")
+    __slots__ = ("_conn", "_done", "headers", "reason", "status")
 
     def __init__(
         self, status: int, reason: str, headers: CIMultiDictProxy[str], conn: Connection
@@ -65,6 +65,7 @@ class UpstreamResponse:
         self.reason = reason
         self.headers = headers
         self._conn = conn
+        self._done = False  # released or closed: the connection may serve someone else now
 
     @property
     def body_complete(self) -> bool:
@@ -76,12 +77,16 @@ class UpstreamResponse:
         return await self._conn.read_body()
 
     def release(self) -> None:
-        """Done with the answer: its connection goes back to the pool when it can."""
-        self._conn.finish()
+        """Done with the answer: its connection goes back to the pool when it can. Once."""
+        if not self._done:
+            self._done = True
+            self._conn.finish()
 
     def close(self) -> None:
-        """Abandon the answer; its connection is closed."""
-        self._conn.abort()
+        """Abandon the answer; its connection is closed (unless already handed back)."""
+        if not self._done:
+            self._done = True
+            self._conn.abort()
 
 
 class Connection(asyncio.Protocol):

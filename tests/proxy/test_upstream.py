@@ -306,6 +306,19 @@ async def test_limit_makes_the_third_request_wait_for_a_released_answer(start):
         resp.close()
 
 
+async def test_a_second_release_or_close_of_an_answer_changes_nothing(start):
+    srv, pool = await start(replying(OK), limit=2)
+    first, data = await fetch(pool)  # released once: its connection is idle in the pool
+    assert data == b"ok"
+    first.release()  # twice must not pool the connection twice
+    second = await pool.request("GET", "/", [], b"")  # reuses that connection
+    first.close()  # nor may a late close() cut the answer now using it
+    assert await read_all(second) == b"ok"
+    second.release()
+    assert (await fetch(pool))[1] == b"ok"
+    assert srv.accepted == 1
+
+
 async def test_slots_are_released_after_errors_and_cancellation(start):
     def reply(srv, conn, head):
         path = head.split(b" ")[1]
