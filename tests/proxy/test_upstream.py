@@ -8,7 +8,10 @@ aiohttp server for the large streamed body.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from typing import Any
 
@@ -467,3 +470,58 @@ async def test_waiting_for_a_slot_is_bounded_by_total_timeout(start):
                 await pool.request("GET", "/", [], b"")
     finally:
         held.close()
+
+
+# -- https --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_cert(tmp_path: Any) -> tuple[Any, Any]:
+    """A self-signed certificate for `localhost` and its key, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a loopback certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_upstream_verifies_its_certificate_and_keeps_the_connection(tls_cert):
+    """Production is usually https: TLS with SNI and verification, over one connection."""
+    cert, key = tls_cert
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    peers: set[Any] = set()
+
+    async def handle(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(body=await request.read(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/echo", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "localhost", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    kw = {"limit": 2, "connect_timeout": 2, "read_timeout": 2, "total_timeout": 5}
+    trusting = UpstreamPool(
+        f"https://localhost:{port}/v1", ssl_context=ssl.create_default_context(cafile=cert), **kw
+    )
+    untrusting = UpstreamPool(f"https://localhost:{port}/v1", **kw)
+    try:
+        for body in (b'{"n": 1}', b'{"n": 2}'):
+            _, data = await fetch(trusting, "POST", "/v1/echo", body=body)
+            assert data == body
+        assert len(peers) == 1  # both requests on one kept-alive TLS connection
+        with pytest.raises(UpstreamError) as err:  # an unknown issuer is refused
+            await untrusting.request("POST", "/v1/echo", [], b"{}")
+        assert err.value.kind == "connect" and "CERTIFICATE" in str(err.value).upper()
+    finally:
+        await trusting.close()
+        await untrusting.close()
+        await runner.cleanup()
