@@ -162,11 +162,9 @@ def _proxy_handler(app: web.Application) -> Handler:
                 except Exception:  # recording must never turn an answer into an error
                     log.exception("production answer not recorded", route=request.path)
             if exchange.error is not None:
-                metrics.upstream_errors.labels(exchange.error).inc()
+                metrics.upstream_error(exchange.error)
             if exchange.upstream_ms is not None:
-                metrics.upstream_latency.labels(route_label(request)).observe(
-                    exchange.upstream_ms / 1000.0
-                )
+                metrics.observe_upstream(route_label(request), exchange.upstream_ms / 1000.0)
 
     return handle
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from proxy.config import ProductionSettings
 from proxy.errors import (
@@ -86,14 +86,13 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """Production's response headers minus hop-by-hop ones; repeated headers kept."""
+def response_headers(upstream: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    """Production's response headers minus hop-by-hop ones; repeated headers kept.
+
+    Pairs, not a multidict: the response builds its own multidict from them anyway.
+    """
     drop = HOP_BY_HOP | _connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
+    return [(name, value) for name, value in upstream.items() if name.lower() not in drop]
 
 
 def upstream_pool(production: ProductionSettings) -> UpstreamPool:

@@ -59,18 +59,30 @@ class ProxyMetrics:
             registry=registry,
         )
 
-        # Label children bound once per (route, status): `.labels()` costs microseconds a call.
-        # Routes are patterns and statuses HTTP codes, so these stay small.
-        self._answered: dict[tuple[str, int], tuple[Any, Any]] = {}
+        # Label children, bound once: `.labels()` costs microseconds a call. Labels are
+        # route patterns, HTTP statuses and error kinds, so this stays small.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def _bound(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per distinct label set."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
-        children = self._answered.get((route, status))
-        if children is None:
-            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._answered[(route, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._bound(self.requests, route, str(status)).inc()
+        self._bound(self.latency, route).observe(seconds)
+
+    def observe_upstream(self, route: str, seconds: float) -> None:
+        """Time from sending a request to production to its response headers."""
+        self._bound(self.upstream_latency, route).observe(seconds)
+
+    def upstream_error(self, kind: str) -> None:
+        """Count one production call that failed in the proxy."""
+        self._bound(self.upstream_errors, kind).inc()
 
 
 def metrics_handler(
