@@ -299,7 +299,9 @@ async def test_errors_and_timeouts_at_their_configured_rates() -> None:
     n = 300
     tickets = load_task(0, 500).tickets[:n]
     try:
-        async with _client(running, timeout=0.5) as client:
+        # Injected timeouts hang for 60 s; 3 s leaves a busy machine time to connect, so a
+        # client timeout always means the simulator held the call (stats["calls"] counts it).
+        async with _client(running, timeout=3.0) as client:
 
             async def call(t: Ticket) -> str:
                 try:
