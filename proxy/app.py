@@ -1,27 +1,25 @@
 """`create_app(settings)`: the one place the proxy's request path is wired.
 
 A request passes one middleware (request id, error JSON, metrics, access line), then the
-proxy handler: read the body within the limit, and relay it to production. On the four
-recorded POST routes the handler also parses the JSON body once, asks the sampler whether
-to mirror it, records the request and production's answer, and hands mirrored requests to
-the mirror once production has answered. State lives under `web.AppKey`s; the upstream
-session, recorder and mirror start and stop through `cleanup_ctx`, in that order, so on
-shutdown the mirror drains first and the recorder flushes last.
+proxy handler: read the body within the limit, and hand it to the shared /v1 path
+(`proxy.v1`), which records, samples, mirrors and relays. The lean front (`proxy.front`)
+serves most /v1 requests itself and hands every other connection to this application, so
+admin, health and metrics routes, and any request the front does not take, are served here.
+State lives under `web.AppKey`s; the upstream session, recorder and mirror start and stop
+through `cleanup_ctx`, in that order, so on shutdown the mirror drains first and the
+recorder flushes last.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import setup_admin
-from proxy.capture import Capture, request_row
 from proxy.config import Settings
 from proxy.edge import (
     EXCHANGE,
@@ -32,12 +30,13 @@ from proxy.edge import (
     route_label,
 )
 from proxy.errors import body_too_large
-from proxy.forward import Exchange, Forwarder, upstream_pool
+from proxy.forward import AiohttpAnswer, Exchange, Forwarder, Incoming, upstream_pool
 from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import Recorder
 from proxy.metrics import ProxyMetrics, metrics_handler
 from proxy.mirror import Mirror
-from proxy.sampling import SUPPORTED_ROUTES, Sampler, SamplingDecision
+from proxy.sampling import Sampler
+from proxy.v1 import RECORDED_ROUTES, V1Service
 
 log = structlog.get_logger("shadoweval.proxy")
 
@@ -49,9 +48,7 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 RECORDER = web.AppKey("recorder", Recorder)
 SAMPLER = web.AppKey("sampler", Sampler)
 MIRROR = web.AppKey("mirror", Mirror)
-
-# POST routes whose requests and production answers are recorded: the mirrorable ones.
-RECORDED_ROUTES = SUPPORTED_ROUTES
+SERVICE = web.AppKey("service", V1Service)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -67,72 +64,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-def parse_json_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, parsed once; None for anything else (still forwarded)."""
-    if not body:
-        return None
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _not_sampled(reason: str) -> SamplingDecision:
-    """The decision used when the sampler itself failed: record, never mirror."""
-    return SamplingDecision(
-        mirrored=False, sample_rate=0.0, tags=[], session_id=None, reason=reason
-    )
-
-
-def _begin_capture(
-    app: web.Application, request: web.Request, body: bytes, received_at: datetime
-) -> Capture:
-    """Decide about mirroring, record the `requests` row, and watch production's answer."""
-    settings = app[SETTINGS]
-    route = request.path
-    parsed = parse_json_object(body)
-    try:
-        decision = app[SAMPLER].decide(route, request.headers, parsed)
-    except Exception:
-        log.exception("sampling failed; request not mirrored", route=route)
-        decision = _not_sampled("sampler_error")
-    omit = (
-        not settings.storage.store_content
-        or request.headers.get(settings.storage.omit_header, "").strip().lower() == "content"
-    )
-    rid = request[REQUEST_ID]
-    app[RECORDER].record(
-        "requests",
-        request_row(
-            request_id=rid,
-            received_at=received_at,
-            route=route,
-            method=request.method,
-            raw_body=body,
-            body=parsed,
-            decision=decision,
-            omit=omit,
-        ),
-    )
-    return Capture(
-        recorder=app[RECORDER],
-        mirror=app[MIRROR],
-        production=settings.production,
-        request_id=rid,
-        route=route,
-        body=parsed,
-        stream=parsed is not None and parsed.get("stream") is True,
-        decision=decision,
-        omit=omit,
-    )
-
-
-def _proxy_handler(app: web.Application) -> Handler:
-    """The handler for every /v1 route: read, maybe capture, relay."""
-    settings = app[SETTINGS]
-    limit = settings.server.body_limit_bytes
-    metrics = app[METRICS]
+def _aiohttp_handler(app: web.Application) -> Handler:
+    """The handler for /v1 requests that reach aiohttp's server: read, then the shared path."""
+    limit = app[SETTINGS].server.body_limit_bytes
 
     async def handle(request: web.Request) -> web.StreamResponse:
         """Relay one request to production; record it when its route is recorded."""
@@ -140,39 +74,27 @@ def _proxy_handler(app: web.Application) -> Handler:
         body = await read_body(request, limit)
         exchange = Exchange.begin()
         request[EXCHANGE] = exchange
-        forwarder = app[FORWARDER]
-        capture: Capture | None = None
-        if request.method == "POST" and request.path in RECORDED_ROUTES:
-            capture = _begin_capture(app, request, body, received_at)
-        try:
-            if capture is None:
-                return await forwarder.relay(request, body, exchange)
-            return await forwarder.relay(
-                request,
-                body,
-                exchange,
-                identity=True,
-                on_headers=capture.on_headers,
-                on_chunk=capture.on_chunk,
-            )
-        finally:
-            if capture is not None:
-                try:
-                    capture.finish(exchange)
-                except Exception:  # recording must never turn an answer into an error
-                    log.exception("production answer not recorded", route=request.path)
-            if exchange.error is not None:
-                metrics.upstream_error(exchange.error)
-            if exchange.upstream_ms is not None:
-                metrics.observe_upstream(route_label(request), exchange.upstream_ms / 1000.0)
+        incoming = Incoming(
+            request.method, request.path, request.raw_path, request.headers, request[REQUEST_ID]
+        )
+        answer = AiohttpAnswer(request)
+        await app[SERVICE].relay(
+            incoming, body, received_at, exchange, answer, route_label(request)
+        )
+        assert answer.response is not None  # relay either started the answer or raised
+        return answer.response
 
     return handle
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The process's one keep-alive pool to production, for the app's lifetime."""
-    pool = upstream_pool(app[SETTINGS].production)
-    app[FORWARDER] = Forwarder(pool, app[SETTINGS].production)
+    settings = app[SETTINGS]
+    pool = upstream_pool(settings.production)
+    app[FORWARDER] = Forwarder(pool, settings.production)
+    app[SERVICE] = V1Service(
+        settings, app[FORWARDER], app[RECORDER], app[SAMPLER], app[MIRROR], app[METRICS]
+    )
     yield
     await pool.close()
 
@@ -237,7 +159,7 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.cleanup_ctx.append(_lifecycle_ctx)
     setup_admin(app, settings, recorder)
 
-    handler = _proxy_handler(app)
+    handler = _aiohttp_handler(app)
     for route in sorted(RECORDED_ROUTES):
         app.router.add_post(route, handler)
     app.router.add_get("/v1/models", handler)

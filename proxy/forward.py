@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -49,6 +50,38 @@ SHADOW_PREFIX = "x-shadow-"
 
 OnHeaders = Callable[[UpstreamResponse], None]
 OnChunk = Callable[[bytes], None]
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One client request as the relay sees it, whichever HTTP server received it."""
+
+    method: str
+    path: str  # decoded, for routing and recording
+    raw_path: str  # as the client sent it (path and query), for production
+    headers: CIMultiDictProxy[str]
+    request_id: str
+
+
+class ClientAnswer(Protocol):
+    """Where a relayed answer goes: the client's connection, through either HTTP server.
+
+    Each awaitable raises ConnectionError once the client is gone.
+    """
+
+    async def start(
+        self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
+    ) -> None:
+        """Send the status line and headers (`whole`: the body is already complete)."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Send one body chunk, waiting while the client reads slower than we write."""
+
+    async def end(self) -> None:
+        """The body ended normally."""
+
+    def abort(self) -> None:
+        """Production failed mid-answer: close the connection without a clean end."""
 
 
 @dataclass(slots=True)
@@ -120,6 +153,39 @@ class _WholeAnswer(web.StreamResponse):
     _send_headers_immediately = False
 
 
+class AiohttpAnswer:
+    """A relayed answer written through aiohttp's server (`response` is the handler's result)."""
+
+    __slots__ = ("_request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response: web.StreamResponse | None = None
+
+    async def start(
+        self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
+    ) -> None:
+        """Prepare the response; an answer that arrived whole leaves in one write."""
+        kind = _WholeAnswer if whole else web.StreamResponse
+        self.response = kind(status=status, reason=reason, headers=headers)
+        await self.response.prepare(self._request)
+
+    async def write(self, chunk: bytes) -> None:
+        """One body chunk."""
+        assert self.response is not None
+        await self.response.write(chunk)
+
+    async def end(self) -> None:
+        """The last chunk, and the connection back to keep-alive."""
+        assert self.response is not None
+        await self.response.write_eof()
+
+    def abort(self) -> None:
+        """Close the client's connection: a cut-off answer must never look complete."""
+        if self._request.transport is not None:
+            self._request.transport.close()
+
+
 class Forwarder:
     """Sends requests to production over one pool and relays the answers."""
 
@@ -160,25 +226,26 @@ class Forwarder:
 
     async def relay(
         self,
-        request: web.Request,
+        incoming: Incoming,
         body: bytes,
         exchange: Exchange,
+        answer: ClientAnswer,
         *,
         identity: bool = False,
         on_headers: OnHeaders | None = None,
         on_chunk: OnChunk | None = None,
-    ) -> web.StreamResponse:
-        """Forward `request` (whose body was already read) and stream production's answer.
+    ) -> None:
+        """Forward `incoming` (whose body was already read) and stream production's answer.
 
         `on_headers` runs once production's response headers arrived; `on_chunk` sees every
         body chunk right after it was written to the client. Both must be quick and must
         not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
         """
-        target = self.upstream_target(request.raw_path)
-        headers = self.request_headers(request.headers, identity=identity)
+        target = self.upstream_target(incoming.raw_path)
+        headers = self.request_headers(incoming.headers, identity=identity)
         exchange.started_at, exchange.t0 = datetime.now(UTC), time.perf_counter()
         try:
-            upstream = await self._pool.request(request.method, target, headers, body)
+            upstream = await self._pool.request(incoming.method, target, headers, body)
         except asyncio.CancelledError:
             exchange.fail("dropped", "client disconnected")
             raise
@@ -204,19 +271,17 @@ class Forwarder:
                 on_headers(upstream)
             # An answer that arrived whole goes out in one write, headers and body together;
             # one still arriving gets its headers at once (a stream's first event waits).
-            kind = _WholeAnswer if upstream.body_complete else web.StreamResponse
-            response = kind(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=response_headers(upstream.headers),
-            )
             try:
-                await response.prepare(request)
+                await answer.start(
+                    upstream.status,
+                    upstream.reason,
+                    response_headers(upstream.headers),
+                    upstream.body_complete,
+                )
             except ConnectionError:
                 exchange.fail("dropped", "client disconnected")
-                return response
-            clean = await self._pump(request, upstream, response, exchange, on_chunk)
-            return response
+                return
+            clean = await self._pump(upstream, answer, exchange, on_chunk)
         except BaseException:
             if exchange.error is None:
                 exchange.fail("dropped", "client disconnected")
@@ -230,9 +295,8 @@ class Forwarder:
 
     async def _pump(
         self,
-        request: web.Request,
         upstream: UpstreamResponse,
-        response: web.StreamResponse,
+        answer: ClientAnswer,
         exchange: Exchange,
         on_chunk: OnChunk | None,
     ) -> bool:
@@ -241,13 +305,16 @@ class Forwarder:
             try:
                 chunk = await upstream.read()
             except UpstreamError as exc:
-                return self._cut(request, exchange, exc.kind, exc)
+                # Production failed mid-answer: the client must not see a clean end.
+                exchange.fail(exc.kind, describe_exception(exc))
+                answer.abort()
+                return False
             if not chunk:
                 break
             if exchange.ttft_ms is None:
                 exchange.ttft_ms = exchange.elapsed_ms()
             try:
-                await response.write(chunk)
+                await answer.write(chunk)
             except ConnectionError:
                 exchange.fail("dropped", "client disconnected")
                 return False
@@ -255,15 +322,7 @@ class Forwarder:
                 on_chunk(chunk)
         exchange.latency_ms = exchange.elapsed_ms()
         try:
-            await response.write_eof()
+            await answer.end()
         except ConnectionError:
             exchange.fail("dropped", "client disconnected")
         return True
-
-    @staticmethod
-    def _cut(request: web.Request, exchange: Exchange, kind: str, exc: BaseException) -> bool:
-        """Production failed mid-answer: close the client connection without a clean end."""
-        exchange.fail(kind, describe_exception(exc))
-        if request.transport is not None:
-            request.transport.close()
-        return False
