@@ -40,6 +40,9 @@ class ServerSettings(_Model):
     shutdown_grace_s: float = Field(30.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = True
+    # Serve /v1 requests with the proxy's own HTTP/1.1 front (proxy/front.py); false serves
+    # every request through aiohttp's server, as before the front existed.
+    lean_front: bool = True
 
 
 class ProductionSettings(_Model):

@@ -23,9 +23,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from proxy.app import LIFECYCLE, create_app
+from proxy.app import LIFECYCLE, METRICS, SERVICE, create_app
 from proxy.config import Settings
 from proxy.errors import ConfigError, ShadowevalError
+from proxy.front import Front, FrontSite
 from proxy.log import configure_logging
 
 log = structlog.get_logger("shadoweval.server")
@@ -71,6 +72,34 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     )
 
 
+async def start_site(
+    runner: web.AppRunner,
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+) -> web.BaseSite:
+    """Listen on host:port (after `runner.setup()`): the lean front, or aiohttp alone."""
+    app = runner.app
+    site: web.BaseSite
+    if settings.server.lean_front:
+        assert runner.server is not None
+        front = Front(app, runner.server, app[SERVICE], app[METRICS], settings.server.access_log)
+        site = FrontSite(
+            runner,
+            front,
+            host,
+            port,
+            grace_s=settings.server.shutdown_grace_s,
+            reuse_port=reuse_port,
+        )
+    else:
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    return site
+
+
 async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
     app = create_app(settings)
@@ -79,15 +108,14 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(
-            runner,
-            settings.server.host,
-            settings.server.port,
-            reuse_port=reuse_port or None,
-            backlog=1024,
-        )
         try:
-            await site.start()
+            await start_site(
+                runner,
+                settings,
+                settings.server.host,
+                settings.server.port,
+                reuse_port=reuse_port,
+            )
         except OSError as exc:
             where = f"{settings.server.host}:{settings.server.port}"
             raise ShadowevalError(f"cannot listen on {where}: {exc.strerror or exc}") from None

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.app import create_app
 from proxy.config import Settings, parse_settings
-from proxy.server import make_runner
+from proxy.server import make_runner, start_site
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -282,6 +282,7 @@ class RunningProxy:
     port: int
     registry: CollectorRegistry
     runner: web.AppRunner = field(repr=False)
+    site: web.BaseSite | None = field(default=None, repr=False)
     stopped: bool = False
 
     @property
@@ -312,10 +313,9 @@ async def start_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
         app = create_app(settings, registry=registry)
         runner = make_runner(app, settings)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        site = await start_site(runner, settings, "127.0.0.1", 0)
         port = runner.addresses[0][1]
-        proxy = RunningProxy(app, settings, port, registry, runner)
+        proxy = RunningProxy(app, settings, port, registry, runner, site)
         running.append(proxy)
         return proxy
 

@@ -1,0 +1,486 @@
+"""The lean front: the proxy's own HTTP/1.1 server for the /v1 relay, aiohttp for the rest.
+
+aiohttp's server costs about as much per request as everything else the proxy does (see
+docs/benchmarks.md), so the live path has its own: an `asyncio.Protocol` that frames
+requests itself, validates each request head with llhttp (`httptools`), and hands the body
+to the shared /v1 path (`proxy.v1`). It takes only what it fully understands: an HTTP/1.1
+request with a `Content-Length` body (or none) for a plain `/v1/...` path, with method
+GET, POST, PUT, PATCH or DELETE. At the first request it does not take (admin, health,
+metrics, HEAD, chunked uploads, upgrades, HTTP/1.0, odd paths, a head llhttp rejects) it
+hands the whole connection, with every byte not yet handled, to aiohttp's server, which
+then serves that connection to its end exactly as it would have without the front.
+
+Like aiohttp's server it serves keep-alive and pipelined requests in order, answers
+`Expect: 100-continue`, refuses a body over `server.body_limit_bytes` with 413, cancels a
+request whose client disconnects, and drains gracefully: on shutdown idle connections
+close, busy ones close after their answer, and what is still running when the grace period
+ends is cancelled (and so recorded as dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httptools
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.errors import ProxyHTTPError, body_too_large
+from proxy.forward import Exchange, Incoming
+from proxy.front_answer import LeanAnswer, error_bytes
+from proxy.ids import is_acceptable_client_id, new_id
+from proxy.metrics import ProxyMetrics
+from proxy.tasks import TaskSet
+from proxy.v1 import V1Service, v1_route_label
+
+log = structlog.get_logger("shadoweval.proxy")
+
+REQUEST_ID_HEADER = "x-shadow-request-id"
+_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
+# A plain /v1 path: no percent-escapes, dot segments, empty segments or fragments; anything
+# else goes to aiohttp, whose routing decides what it means.
+_PLAIN_V1 = re.compile(rb"/v1/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]+/?)*(?:\?[^#\s]*)?")
+_DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\?|$)")
+MAX_HEAD_BYTES = 64 * 1024  # larger heads go to aiohttp, which answers them its own way
+PIPELINE_BUFFER_BYTES = 1024 * 1024  # read no further ahead than this while busy
+KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this long
+_SWEEP_S = 5.0
+_DISCARD_S = 10.0  # how long a refused body is read and dropped before closing
+
+
+class _Head:
+    """llhttp's callbacks for one request head: the headers, as aiohttp decodes them."""
+
+    __slots__ = ("complete", "headers")
+
+    def __init__(self) -> None:
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.add(
+            name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+        )
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+class Front:
+    """What every lean-front connection shares: the /v1 path, metrics, and the drain."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        aiohttp_server: web.Server,
+        service: V1Service,
+        metrics: ProxyMetrics,
+        access_log: bool,
+    ) -> None:
+        self.app = app
+        self.aiohttp_server = aiohttp_server
+        self.service = service
+        self.metrics = metrics
+        self.access_log = access_log
+        self.body_limit = service.body_limit
+        self.tasks = TaskSet("front")
+        self.connections: set[FrontProtocol] = set()
+        self.draining = False
+        self.requests_served = 0  # requests this front served itself
+        self.connections_handed_off = 0  # connections given to aiohttp's server
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def protocol(self) -> FrontProtocol:
+        """The protocol factory for `loop.create_server`."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+        return FrontProtocol(self)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than the keep-alive timeout."""
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.close_if_idle_since(now - KEEPALIVE_S)
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
+
+    async def drain(self, grace_s: float) -> None:
+        """Close idle connections, let busy ones finish their answer, cancel what is left."""
+        self.draining = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.close_if_idle_since(float("inf"))
+        if not await self.tasks.wait(grace_s):
+            log.warning("requests still running at shutdown: cancelled", count=len(self.tasks))
+            await self.tasks.cancel_all()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class FrontProtocol(asyncio.Protocol):
+    """One client connection served by the lean front (see the module docstring)."""
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._task: asyncio.Task[Any] | None = None
+        self._body_needed = -1  # bytes of body still to read for the pending head; -1: none
+        self._pending: tuple[str, str, CIMultiDictProxy[str], bool] | None = None
+        self._discard = 0  # bytes of a refused body still to drop
+        self._last_active = time.monotonic()
+        self._read_paused = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._closed = False
+
+    # -- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._front.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_active = time.monotonic()
+        if self._discard:
+            dropped = min(self._discard, len(data))
+            self._discard -= dropped
+            if self._discard == 0:
+                self.abort()
+            return
+        self._buf += data
+        if self._task is not None:
+            if len(self._buf) > PIPELINE_BUFFER_BYTES and not self._read_paused:
+                self._read_paused = True
+                self._transport.pause_reading()  # type: ignore[union-attr]
+            return
+        self._advance()
+
+    def eof_received(self) -> bool | None:
+        return None  # a half-closed client is a gone client: close (as aiohttp does)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._front.connections.discard(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client went away: stop relaying (recorded as dropped)
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    # -- the Connection protocol of proxy.front_answer ----------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("client connection closed")
+        self._transport.write(data)
+
+    async def drained(self) -> None:
+        if self._write_paused and not self._closed:
+            self._write_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._write_waiter
+            finally:
+                self._write_waiter = None
+        if self._closed:
+            raise ConnectionResetError("client connection closed")
+
+    def abort(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True  # nothing more is written or started on this connection
+            self._transport.close()
+
+    # -- framing ------------------------------------------------------------------------
+
+    def close_if_idle_since(self, before: float) -> None:
+        """Close the connection if no request runs and nothing arrived since `before`."""
+        if self._task is None and self._last_active <= before:
+            self.abort()
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _advance(self) -> None:
+        """No request runs: start the next one, if the buffer holds enough of it."""
+        if self._closed:
+            return
+        if self._pending is not None:
+            self._take_body()
+            return
+        buf = self._buf
+        if not buf:
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                self._hand_off()
+            return
+        line_end = buf.find(b"\r\n")
+        parts = bytes(buf[:line_end]).split(b" ")
+        if (
+            len(parts) != 3
+            or parts[2] != b"HTTP/1.1"
+            or parts[0] not in _METHODS
+            or _PLAIN_V1.fullmatch(parts[1]) is None
+            or _DOT_SEGMENT.search(parts[1]) is not None
+        ):
+            self._hand_off()
+            return
+        head = _Head()
+        parser = httptools.HttpRequestParser(head)
+        try:
+            parser.feed_data(bytes(buf[: end + 4]))
+        except httptools.HttpParserError:
+            self._hand_off()  # aiohttp answers a malformed head with its own 400
+            return
+        headers = head.headers
+        if (
+            not head.complete
+            or parser.should_upgrade()
+            or "Transfer-Encoding" in headers
+            or ("Expect" in headers and headers["Expect"].lower() != "100-continue")
+        ):
+            self._hand_off()
+            return
+        lengths = headers.getall("Content-Length", ())
+        if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
+            self._hand_off()
+            return
+        length = int(lengths[0]) if lengths else 0
+        del buf[: end + 4]
+        keep_alive = parser.should_keep_alive() and not self._front.draining
+        method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
+        if length > self._front.body_limit:
+            self._refuse_body(method, target, headers, length)
+            return
+        if length and "Expect" in headers:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._pending = (method, target, CIMultiDictProxy(headers), keep_alive)
+        self._body_needed = length
+        self._take_body()
+
+    def _take_body(self) -> None:
+        """Start the pending request once its whole body is buffered."""
+        need = self._body_needed
+        if len(self._buf) < need:
+            return
+        assert self._pending is not None
+        method, target, headers, keep_alive = self._pending
+        self._pending, self._body_needed = None, -1
+        body = bytes(self._buf[:need])
+        del self._buf[:need]
+        self._front.requests_served += 1
+        self._task = self._front.tasks.spawn(
+            self._serve(method, target, headers, body, keep_alive),
+            "request",
+        )
+        self._task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[Any]) -> None:
+        """The answer is complete: go on with the next request, or close."""
+        self._task = None
+        self._last_active = time.monotonic()
+        if self._closed:
+            return
+        if (
+            self._front.draining
+            or task.cancelled()
+            or task.exception() is not None
+            or not task.result()
+        ):
+            self.abort()
+            return
+        if self._read_paused:
+            self._read_paused = False
+            self._transport.resume_reading()  # type: ignore[union-attr]
+        self._advance()
+
+    def _write(self, data: bytes) -> None:
+        """Write outside a request's task, where a gone client needs no answer."""
+        with contextlib.suppress(ConnectionError):
+            self.send(data)
+
+    def _refuse_body(
+        self, method: str, target: str, headers: CIMultiDict[str], length: int
+    ) -> None:
+        """413 for a body over the limit; its bytes are read and dropped, then we close."""
+        rid = _request_id(headers)
+        err = body_too_large(self._front.body_limit)
+        reason = _REASONS[413]
+        self._write(error_bytes(413, reason, err.message, err.type, err.code, rid, close=True))
+        path = target.partition("?")[0]
+        self._front.metrics.observe(v1_route_label(method, path), 413, 0.0)
+        if self._front.access_log:
+            log.info(
+                "access",
+                method=method,
+                route=path,
+                status=413,
+                request_id=rid,
+                latency_ms=0.0,
+                upstream_ms=None,
+            )
+        if "Expect" in headers:
+            self.abort()  # the client waits for our word before sending: it has it
+            return
+        # Closing with unread bytes would reset the connection before the client reads the
+        # 413; read the rest (briefly) and close after.
+        dropped = min(length, len(self._buf))
+        del self._buf[:dropped]
+        self._discard = length - dropped
+        if self._discard == 0:
+            self.abort()
+        else:
+            asyncio.get_running_loop().call_later(_DISCARD_S, self.abort)
+
+    def _hand_off(self) -> None:
+        """Give this connection, and every byte not yet handled, to aiohttp's server."""
+        transport = self._transport
+        assert transport is not None
+        self._front.connections.discard(self)
+        self._front.connections_handed_off += 1
+        self._closed = True  # for this protocol; the connection lives on
+        protocol = self._front.aiohttp_server()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._buf:
+            data, self._buf = bytes(self._buf), bytearray()
+            protocol.data_received(data)
+        if self._read_paused:
+            transport.resume_reading()
+
+    # -- one request --------------------------------------------------------------------
+
+    async def _serve(
+        self, method: str, target: str, headers: CIMultiDictProxy[str], body: bytes, keep: bool
+    ) -> bool:
+        """Relay one request and write its answer; True if the connection may be reused."""
+        front = self._front
+        rid = _request_id(headers)
+        path = target.partition("?")[0]
+        label = v1_route_label(method, path)
+        metrics = front.metrics
+        t0 = time.perf_counter()
+        received_at = datetime.now(UTC)
+        exchange = Exchange.begin()
+        answer = LeanAnswer(self, rid, keep)
+        status = 500
+        metrics.in_flight.inc()
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            incoming = Incoming(method, path, target, headers, rid)
+            await front.service.relay(incoming, body, received_at, exchange, answer, label)
+            status = answer.status or 500
+            return keep
+        except ProxyHTTPError as exc:
+            status = exc.status
+            return self._answer_error(answer, exc, rid, keep)
+        except asyncio.CancelledError:
+            status = 499  # the client went away before the answer was complete
+            raise
+        except Exception:
+            log.exception("unhandled error in request handler", path=path)
+            err = ProxyHTTPError(500, "internal proxy error", "server_error", "internal_error")
+            return self._answer_error(answer, err, rid, keep)
+        finally:
+            metrics.in_flight.dec()
+            seconds = time.perf_counter() - t0
+            metrics.observe(label, status, seconds)
+            try:
+                if front.access_log:
+                    log.info(
+                        "access",
+                        method=method,
+                        route=path,
+                        status=status,
+                        latency_ms=round(seconds * 1000.0, 3),
+                        upstream_ms=round(exchange.upstream_ms, 3)
+                        if exchange.upstream_ms is not None
+                        else None,
+                    )
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+
+    def _answer_error(self, answer: LeanAnswer, err: ProxyHTTPError, rid: str, keep: bool) -> bool:
+        """The proxy's own error JSON, if the answer has not started; else close."""
+        if answer.started:
+            return False  # half an answer is out: only closing can tell the client
+        reason = _REASONS.get(err.status, "Error")
+        self._write(
+            error_bytes(err.status, reason, err.message, err.type, err.code, rid, close=not keep)
+        )
+        return keep
+
+
+_REASONS = {
+    413: "Request Entity Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    504: "Gateway Timeout",
+}
+
+
+def _request_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
+    """The client's own acceptable `x-shadow-request-id`, else a new one."""
+    rid = headers.get(REQUEST_ID_HEADER)
+    return rid if rid is not None and is_acceptable_client_id(rid) else new_id()
+
+
+class FrontSite(web.BaseSite):
+    """A TCP site whose connections start on the lean front (aiohttp's runner still owns it).
+
+    Stopping it stops accepting, then drains the front's own connections within `grace_s`;
+    connections handed to aiohttp are drained by aiohttp's runner, as always.
+    """
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        front: Front,
+        host: str,
+        port: int,
+        *,
+        grace_s: float,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
+        super().__init__(runner, backlog=backlog)
+        self.front = front
+        self._host = host
+        self._port = port
+        self._grace_s = grace_s
+        self._reuse_port = reuse_port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        self._server = await asyncio.get_running_loop().create_server(
+            self.front.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        await self.front.drain(self._grace_s)
+        await super().stop()
