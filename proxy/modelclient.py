@@ -27,7 +27,9 @@ from multidict import CIMultiDict
 from proxy.answer import AssembledOutput, parse_completion
 from proxy.config import CandidateSettings
 from proxy.errors import describe_exception, upstream_error_code
+from proxy.model_transport import AiohttpTransport, Answer, PoolTransport, Transport
 from proxy.streaming import StreamAssembler
+from proxy.upstream import UpstreamError, UpstreamPool
 
 # Routes whose chat/legacy streams understand `stream_options.include_usage`.
 _USAGE_OPTION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -127,10 +129,15 @@ class _Call:
 
 
 class ModelClient:
-    """Calls one candidate over a shared aiohttp session (the caller owns the session)."""
+    """Calls one candidate: over the live path's lean pool, or a shared aiohttp session.
 
-    def __init__(self, session: aiohttp.ClientSession, candidate: CandidateSettings) -> None:
-        self._session = session
+    The mirror gives each candidate its own `UpstreamPool` (the live path's HTTP client, a
+    fraction of aiohttp's cost per call); replay passes an aiohttp session it owns.
+    """
+
+    def __init__(
+        self, http: aiohttp.ClientSession | UpstreamPool, candidate: CandidateSettings
+    ) -> None:
         self.candidate = candidate
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
         for name, value in candidate.headers.items():
@@ -139,6 +146,11 @@ class ModelClient:
             headers["Authorization"] = f"Bearer {candidate.api_key}"
         self._headers = headers
         self._base = candidate.base_url
+        self._transport: Transport = (
+            PoolTransport(http, headers)
+            if isinstance(http, UpstreamPool)
+            else AiohttpTransport(http, headers)
+        )
 
     def url(self, route: str) -> str:
         """`/v1/chat/completions` -> `<base_url>/chat/completions` (base_url ends in /v1)."""
@@ -174,6 +186,9 @@ class ModelClient:
                 return await self._exchange(run, route, data)
         except TimeoutError:
             return run.fail("timeout", f"no complete answer within {self.candidate.timeout_s}s")
+        except UpstreamError as exc:
+            kind = "connect" if run.outcome.status is None and exc.kind == "connect" else "invalid"
+            return run.fail(kind, describe_exception(exc, _DETAIL_CHARS))
         except aiohttp.ClientConnectionError as exc:
             # Before the status line: unreachable. After it: the answer broke off.
             kind = "connect" if run.outcome.status is None else "invalid"
@@ -189,26 +204,31 @@ class ModelClient:
     async def _exchange(self, run: _Call, route: str, data: bytes) -> CallOutcome:
         """Send the request and read the answer as a stream or as one body."""
         outcome = run.outcome
-        async with self._session.post(self.url(route), data=data, headers=self._headers) as resp:
-            outcome.status = resp.status
-            ctype = resp.headers.get("Content-Type", "")
-            if resp.status >= 300:
-                raw = await resp.content.read(64 * 1024)
+        answer = await self._transport.post(self.url(route), data)
+        complete = False
+        try:
+            outcome.status = answer.status
+            if answer.status >= 300:
+                raw, _ = await _read_upto(answer, 64 * 1024)
                 return run.fail("http", upstream_error_code(raw))
-            if outcome.stream and ctype.startswith("text/event-stream"):
-                return await self._read_stream(run, resp)
-            raw = await resp.content.read(MAX_BODY_BYTES + 1)
+            if outcome.stream and answer.content_type.startswith("text/event-stream"):
+                result = await self._read_stream(run, answer)
+                complete = True
+                return result
+            raw, complete = await _read_upto(answer, MAX_BODY_BYTES)
             outcome.latency_ms = run.ms()
-            if len(raw) > MAX_BODY_BYTES:
+            if not complete:
                 return run.fail("invalid", f"answer larger than {MAX_BODY_BYTES} bytes")
             return self._parse_body(run, raw)
+        finally:
+            answer.finish(complete)
 
-    async def _read_stream(self, run: _Call, resp: aiohttp.ClientResponse) -> CallOutcome:
+    async def _read_stream(self, run: _Call, answer: Answer) -> CallOutcome:
         """Read an SSE answer to its end, assembling it as it arrives."""
         outcome = run.outcome
         assembler = StreamAssembler()
         try:
-            async for chunk in resp.content.iter_any():
+            while chunk := await answer.read():
                 if outcome.ttft_ms is None:
                     outcome.ttft_ms = run.ms()
                 assembler.feed(chunk)
@@ -242,3 +262,15 @@ class ModelClient:
             (out.prompt_tokens or 0) * c.price_input_per_mtok
             + (out.completion_tokens or 0) * c.price_output_per_mtok
         ) / 1_000_000
+
+
+async def _read_upto(answer: Answer, limit: int) -> tuple[bytes, bool]:
+    """The body, up to `limit` bytes; and whether it ended within them."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await answer.read():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True

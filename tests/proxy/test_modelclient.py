@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -13,6 +13,7 @@ import pytest
 from proxy.config import CandidateSettings
 from proxy.lake.schema import RESPONSES
 from proxy.modelclient import CallOutcome, ModelClient, merge
+from proxy.upstream import UpstreamPool
 from tests.proxy.fake_candidate import ANSWER, ANSWER_PIECES, FakeCandidate, refused_url
 
 CHAT = "/v1/chat/completions"
@@ -45,16 +46,35 @@ async def fake() -> AsyncIterator[FakeCandidate]:
     await server.close()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+Maker = Callable[[CandidateSettings], ModelClient]
 
 
-async def test_non_streaming_answer_cost_and_row(
-    fake: FakeCandidate, session: aiohttp.ClientSession
-) -> None:
-    client = ModelClient(session, candidate(fake.base_url))
+@pytest.fixture(params=["pool", "aiohttp"])
+async def client_for(request: pytest.FixtureRequest) -> AsyncIterator[Maker]:
+    """ModelClients over either transport: the mirror's lean pool, or replay's aiohttp session."""
+    pools: list[UpstreamPool] = []
+    async with aiohttp.ClientSession() as session:
+
+        def make(cand: CandidateSettings) -> ModelClient:
+            if request.param == "aiohttp":
+                return ModelClient(session, cand)
+            pool = UpstreamPool(
+                cand.base_url,
+                limit=cand.max_concurrency,
+                connect_timeout=cand.timeout_s,
+                read_timeout=cand.timeout_s,
+                total_timeout=cand.timeout_s,
+            )
+            pools.append(pool)
+            return ModelClient(pool, cand)
+
+        yield make
+        for pool in pools:
+            await pool.close()
+
+
+async def test_non_streaming_answer_cost_and_row(fake: FakeCandidate, client_for: Maker) -> None:
+    client = client_for(candidate(fake.base_url))
     out = await client.call(CHAT, BODY, stream=False)
     assert out.error is None and out.status == 200 and not out.stream
     assert out.output is not None and out.output.text == ANSWER
@@ -69,9 +89,9 @@ async def test_non_streaming_answer_cost_and_row(
 
 
 async def test_streaming_answer_measures_ttft_and_asks_for_usage(
-    fake: FakeCandidate, session: aiohttp.ClientSession
+    fake: FakeCandidate, client_for: Maker
 ) -> None:
-    client = ModelClient(session, candidate(fake.base_url, extra_body={"logprobs": True}))
+    client = client_for(candidate(fake.base_url, extra_body={"logprobs": True}))
     out = await client.call(CHAT, BODY, stream=True)
     assert out.error is None and out.stream
     assert out.output is not None and out.output.text == ANSWER and out.output.complete
@@ -85,9 +105,9 @@ async def test_streaming_answer_measures_ttft_and_asks_for_usage(
 
 
 async def test_usage_option_is_configurable_and_missing_usage_means_unknown_cost(
-    fake: FakeCandidate, session: aiohttp.ClientSession
+    fake: FakeCandidate, client_for: Maker
 ) -> None:
-    client = ModelClient(session, candidate(fake.base_url, stream_include_usage=False))
+    client = client_for(candidate(fake.base_url, stream_include_usage=False))
     out = await client.call(CHAT, BODY, stream=True)
     assert out.error is None and out.output is not None and out.output.prompt_tokens is None
     assert client.cost_usd(out) is None
@@ -104,9 +124,9 @@ async def test_usage_option_is_configurable_and_missing_usage_means_unknown_cost
     ],
 )
 async def test_other_routes(
-    fake: FakeCandidate, session: aiohttp.ClientSession, route: str, stream: bool, text: str | None
+    fake: FakeCandidate, client_for: Maker, route: str, stream: bool, text: str | None
 ) -> None:
-    client = ModelClient(session, candidate(fake.base_url))
+    client = client_for(candidate(fake.base_url))
     body = {"model": "m", "input": "hello"}
     out = await client.call(route, body, stream=stream)
     assert out.error is None, out.error_detail
@@ -117,9 +137,7 @@ async def test_other_routes(
         assert "stream_options" not in (fake.received[-1].body or {})
 
 
-async def test_what_the_candidate_receives(
-    fake: FakeCandidate, session: aiohttp.ClientSession
-) -> None:
+async def test_what_the_candidate_receives(fake: FakeCandidate, client_for: Maker) -> None:
     cand = candidate(
         fake.base_url,
         headers={"X-Team": "support", "content-type": "application/json"},
@@ -127,7 +145,7 @@ async def test_what_the_candidate_receives(
     )
     body = {**BODY, "stream": True, "stream_options": {"include_usage": False, "x": 1}}
     before = orjson.dumps(body)
-    await ModelClient(session, cand).call(CHAT, body, stream=False)
+    await client_for(cand).call(CHAT, body, stream=False)
     assert orjson.dumps(body) == before  # the caller's body is never modified
     seen = fake.received[-1]
     assert seen.headers["Authorization"] == "Bearer sk-cand"
@@ -142,12 +160,8 @@ async def test_what_the_candidate_receives(
     }
 
 
-async def test_no_api_key_sends_no_authorization(
-    fake: FakeCandidate, session: aiohttp.ClientSession
-) -> None:
-    await ModelClient(session, candidate(fake.base_url, api_key=None)).call(
-        CHAT, BODY, stream=False
-    )
+async def test_no_api_key_sends_no_authorization(fake: FakeCandidate, client_for: Maker) -> None:
+    await client_for(candidate(fake.base_url, api_key=None)).call(CHAT, BODY, stream=False)
     assert "Authorization" not in fake.received[-1].headers
 
 
@@ -166,14 +180,14 @@ async def test_no_api_key_sends_no_authorization(
 )
 async def test_fault_matrix(
     fake: FakeCandidate,
-    session: aiohttp.ClientSession,
+    client_for: Maker,
     mode: str,
     stream: bool,
     error: str,
     status: int | None,
 ) -> None:
     fake.mode = mode
-    client = ModelClient(session, candidate(fake.base_url, timeout_s=0.3))
+    client = client_for(candidate(fake.base_url, timeout_s=0.3))
     out = await client.call(CHAT, BODY, stream=stream)
     assert (out.error, out.status) == (error, status), out.error_detail
     assert out.latency_ms is not None and out.error_detail
@@ -185,16 +199,16 @@ async def test_fault_matrix(
         assert out.output.text and ANSWER.startswith(out.output.text)
 
 
-async def test_refused_connection(session: aiohttp.ClientSession) -> None:
-    out = await ModelClient(session, candidate(refused_url())).call(CHAT, BODY, stream=True)
+async def test_refused_connection(client_for: Maker) -> None:
+    out = await client_for(candidate(refused_url())).call(CHAT, BODY, stream=True)
     assert (out.error, out.status, out.output) == ("connect", None, None)
     assert out.error_detail and "sk-cand" not in out.error_detail
 
 
 async def test_slow_candidate_is_measured_not_failed(
-    fake: FakeCandidate, session: aiohttp.ClientSession
+    fake: FakeCandidate, client_for: Maker
 ) -> None:
-    client = ModelClient(session, candidate(fake.base_url))
+    client = client_for(candidate(fake.base_url))
     fast = await client.call(CHAT, BODY, stream=True)
     fake.delay_s = 0.3
     slow = await client.call(CHAT, BODY, stream=True)
@@ -204,9 +218,9 @@ async def test_slow_candidate_is_measured_not_failed(
     assert slow.latency_ms > fast.latency_ms
 
 
-async def test_cancellation_propagates(fake: FakeCandidate, session: aiohttp.ClientSession) -> None:
+async def test_cancellation_propagates(fake: FakeCandidate, client_for: Maker) -> None:
     fake.mode = "hang"
-    client = ModelClient(session, candidate(fake.base_url))
+    client = client_for(candidate(fake.base_url))
     task = asyncio.create_task(client.call(CHAT, BODY, stream=True))
     await asyncio.wait_for(fake.arrived.wait(), 5.0)
     task.cancel()
@@ -215,11 +229,9 @@ async def test_cancellation_propagates(fake: FakeCandidate, session: aiohttp.Cli
 
 
 async def test_unserialisable_body_is_invalid_without_a_call(
-    fake: FakeCandidate, session: aiohttp.ClientSession
+    fake: FakeCandidate, client_for: Maker
 ) -> None:
-    out = await ModelClient(session, candidate(fake.base_url)).call(
-        CHAT, {"messages": {1, 2}}, stream=False
-    )
+    out = await client_for(candidate(fake.base_url)).call(CHAT, {"messages": {1, 2}}, stream=False)
     assert out.error == "invalid" and not fake.received
 
 
