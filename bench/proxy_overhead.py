@@ -11,6 +11,7 @@ Scenarios, interleaved round by round (in a rotating order) so machine noise hit
   aiofloor       client -> aiohttp server + aiohttp client relay -> nginx  (see FLOORS)
   floor          client -> aiohttp server + proxy.upstream relay -> nginx
   rawfloor       client -> asyncio Protocol/llhttp server + proxy.upstream relay -> nginx
+  aioproxy       client -> proxy with server.lean_front off (aiohttp serves every request)
   proxy          client -> proxy -> nginx, no candidates (mirroring off)
   mirror10       10% mirrored to 2 candidates (nginx)
   slowcands      10% mirrored to 2 candidates answering after --slow-ms (default 50 ms)
@@ -307,11 +308,21 @@ def floor_relay(kind: str, production: str, cpu: int = PROXY_CPU) -> Iterator[Pr
 
 
 def proxy_config(
-    port: int, production: str, candidates: list[str], rate: float, lake: Path
+    port: int,
+    production: str,
+    candidates: list[str],
+    rate: float,
+    lake: Path,
+    lean_front: bool = True,
 ) -> dict[str, Any]:
     """The proxy's config for one scenario: product defaults except where the bench needs."""
     return {
-        "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 5},
+        "server": {
+            "host": "127.0.0.1",
+            "port": port,
+            "shutdown_grace_s": 5,
+            "lean_front": lean_front,
+        },
         "production": {"base_url": production},
         "candidates": [
             {"name": f"c{i}", "base_url": url, "model": "cand", "timeout_s": 5}
@@ -325,13 +336,19 @@ def proxy_config(
 
 @contextlib.contextmanager
 def proxy(
-    production: str, candidates: list[str], rate: float, workdir: Path, cpu: int = PROXY_CPU
+    production: str,
+    candidates: list[str],
+    rate: float,
+    workdir: Path,
+    cpu: int = PROXY_CPU,
+    lean_front: bool = True,
 ) -> Iterator[Proxy]:
     """`shadoweval serve` pinned to the proxy's CPU; SIGTERM (graceful, lake flushed) on exit."""
     port = free_port()
     lake = workdir / f"lake-{port}"
     path = workdir / f"proxy-{port}.yaml"
-    path.write_text(yaml.safe_dump(proxy_config(port, production, candidates, rate, lake)))
+    config = proxy_config(port, production, candidates, rate, lake, lean_front)
+    path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"proxy-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -521,10 +538,11 @@ def machine() -> dict[str, Any]:
 
 
 SCENARIOS = (
-    "direct", "aiofloor", "floor", "rawfloor", "proxy", "mirror10", "slowcands", "downcands"
+    "direct", "aiofloor", "floor", "rawfloor", "aioproxy", "proxy", "mirror10", "slowcands",
+    "downcands",
 )  # fmt: skip
 PROXIED = SCENARIOS[1:]
-THROUGHPUT = ("direct", *FLOORS, "proxy", "mirror10")
+THROUGHPUT = ("direct", *FLOORS, "aioproxy", "proxy", "mirror10")
 
 
 def cpu_busy(cpu: int) -> tuple[float, float]:
@@ -596,6 +614,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         slow_upstream(args.slow_ms) as slow2,
     ):
         candidates = {
+            "aioproxy": ([], 0.0),
             "proxy": ([], 0.0),
             "mirror10": ([cand1, cand2], 0.1),
             "slowcands": ([slow1, slow2], 0.1),
@@ -616,7 +635,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         measure(name, f.url, f.pid)
                 else:
                     cands, rate = candidates[name]
-                    with proxy(prod, cands, rate, work, args.proxy_cpu) as p:
+                    lean = name != "aioproxy"
+                    with proxy(prod, cands, rate, work, args.proxy_cpu, lean) as p:
                         warm_up(p.url, body_file)
                         measure(name, p.url, p.pid)
                     lakes.setdefault(name, []).append(lake_counts(p.lake))
