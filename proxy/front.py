@@ -45,7 +45,9 @@ REQUEST_ID_HEADER = "x-shadow-request-id"
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
 # A plain /v1 path: no percent-escapes, dot segments, empty segments or fragments; anything
 # else goes to aiohttp, whose routing decides what it means.
-_PLAIN_V1 = re.compile(rb"/v1/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]+/?)*(?:\?[^#\s]*)?")
+_SEGMENT = rb"[A-Za-z0-9\-._~!$&'()*+,;=:@]+"
+# Segments separated by single slashes: linear to match, whatever the input.
+_PLAIN_V1 = re.compile(rb"/v1/(?:%s(?:/%s)*/?)?(?:\?[^#\s]*)?" % (_SEGMENT, _SEGMENT))
 _DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\?|$)")
 MAX_HEAD_BYTES = 64 * 1024  # larger heads go to aiohttp, which answers them its own way
 PIPELINE_BUFFER_BYTES = 1024 * 1024  # read no further ahead than this while busy
@@ -225,8 +227,11 @@ class FrontProtocol(asyncio.Protocol):
             return
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
-                self._hand_off()
+            if len(buf) > MAX_HEAD_BYTES or b"\n\n" in buf:
+                self._hand_off()  # too long, or bare LF line ends: aiohttp decides
+            return
+        if end + 4 > MAX_HEAD_BYTES or buf.count(b"\n", 0, end) != buf.count(b"\r\n", 0, end):
+            self._hand_off()
             return
         line_end = buf.find(b"\r\n")
         parts = bytes(buf[:line_end]).split(b" ")
@@ -243,8 +248,9 @@ class FrontProtocol(asyncio.Protocol):
         parser = httptools.HttpRequestParser(head)
         try:
             parser.feed_data(bytes(buf[: end + 4]))
-        except httptools.HttpParserError:
-            self._hand_off()  # aiohttp answers a malformed head with its own 400
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # aiohttp answers a malformed head with its own 400, an upgrade its own way
+            self._hand_off()
             return
         headers = head.headers
         if (
@@ -261,7 +267,12 @@ class FrontProtocol(asyncio.Protocol):
             return
         length = int(lengths[0]) if lengths else 0
         del buf[: end + 4]
-        keep_alive = parser.should_keep_alive() and not self._front.draining
+        # Not llhttp's should_keep_alive(): after a body-less message it has reset its flags.
+        keep_alive = not self._front.draining and not any(
+            token.strip().lower() == "close"
+            for value in headers.getall("Connection", ())
+            for token in value.split(",")
+        )
         method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
         if length > self._front.body_limit:
             self._refuse_body(method, target, headers, length)

@@ -111,6 +111,8 @@ class LeanAnswer:
                 has_length = True
             elif low == "date":
                 has_date = True
+            elif low == REQUEST_ID_HEADER:
+                continue  # ours replaces one from production (another proxy behind us)
             parts.append(b"%s: %s\r\n" % (_encode(name), _encode(value)))
         parts.append(b"%s: %s\r\n" % (REQUEST_ID_HEADER.encode(), self._request_id.encode()))
         if not has_date:
