@@ -621,10 +621,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "downcands": ([down, down], 0.1),
         }
         warm_up(prod, body_file)
+        chosen = tuple(name for name in SCENARIOS if name in args.scenarios)
         for rnd in range(args.rounds):
             loads.append(os.getloadavg())
-            k = rnd % len(SCENARIOS)
-            order = SCENARIOS[k:] + SCENARIOS[:k]
+            k = rnd % len(chosen)
+            order = chosen[k:] + chosen[:k]
             print(f"round {rnd + 1}/{args.rounds}: {' '.join(order)}", flush=True)
             for name in order:
                 if name == "direct":
@@ -701,15 +702,19 @@ def derive(
     direct = raw["direct"]
     derived: dict[str, dict[str, list[float]]] = {}
     for name in PROXIED:
+        if not raw[name]:
+            continue  # not among --scenarios
         d = derived.setdefault(name, {})
         for q in ("p50", "p99", "mean"):
             d[f"added_{q}"] = [a - b for a, b in zip(raw[name][q], direct[q], strict=True)]
     for name in ("slowcands", "downcands", "mirror10"):
+        if not raw[name] or not raw["proxy"]:
+            continue
         d = derived[name]
         d["p99_vs_proxy"] = [
             a / b for a, b in zip(raw[name]["p99"], raw["proxy"]["p99"], strict=True)
         ]
-        if name != "mirror10":
+        if name != "mirror10" and raw["mirror10"]:
             d["p99_vs_mirror10"] = [
                 a / b for a, b in zip(raw[name]["p99"], raw["mirror10"]["p99"], strict=True)
             ]
@@ -728,6 +733,8 @@ def derive(
         "lake": lakes,
     }
     for name in SCENARIOS:
+        if not raw[name]:
+            continue
         metrics = {**raw[name], **derived.get(name, {})}
         summary["scenarios"][name] = {m: summarise(v) for m, v in metrics.items()}
     return summary
@@ -741,6 +748,12 @@ def main() -> None:
     ap.add_argument("--wrk-seconds", type=float, default=10, help="max-throughput run")
     ap.add_argument("--no-wrk", action="store_true", help="skip the max-throughput runs")
     ap.add_argument("--slow-ms", type=float, default=50.0, help="slow candidates' answer delay")
+    ap.add_argument(
+        "--scenarios",
+        type=lambda v: {"direct", *v.split(",")},
+        default=set(SCENARIOS),
+        help="comma-separated subset to run (direct always runs), e.g. proxy,downcands",
+    )
     ap.add_argument(
         "--proxy-cpu",
         type=int,
@@ -783,13 +796,14 @@ def report(s: dict[str, Any]) -> str:
              f"load {s['machine']['loadavg_per_round']}"]  # fmt: skip
     lines.append(f"{'scenario':<10} {'p50 ms':<22} {'p99 ms':<22} {'added p50':<22} "
                  f"{'added p99':<22} {'max req/s':<24}")  # fmt: skip
-    for name in SCENARIOS:
+    for name in sc:
         lines.append(
             f"{name:<10} {f(name, 'p50'):<22} {f(name, 'p99'):<22} {f(name, 'added_p50'):<22} "
             f"{f(name, 'added_p99'):<22} {f(name, 'max_rps', '{:.0f}'):<24}"
         )
-    for name in ("slowcands", "downcands"):
-        lines.append(f"{name} p99 / proxy p99: {f(name, 'p99_vs_proxy')}")
+    for name in ("mirror10", "slowcands", "downcands"):
+        if name in sc:
+            lines.append(f"{name} p99 / proxy p99: {f(name, 'p99_vs_proxy')}")
     for name, e in s.get("pooled", {}).items():
         parts = [
             f"{k} {e[k]['value']:.3f} [{e[k]['ci95'][0]:.3f}-{e[k]['ci95'][1]:.3f}]"
