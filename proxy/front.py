@@ -24,20 +24,20 @@ import contextlib
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 import structlog
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import ProxyHTTPError, body_too_large
 from proxy.forward import Exchange, Incoming
 from proxy.front_answer import LeanAnswer, error_bytes
 from proxy.ids import is_acceptable_client_id, new_id
-from proxy.metrics import ProxyMetrics
-from proxy.tasks import TaskSet
-from proxy.v1 import V1Service, v1_route_label
+from proxy.v1 import v1_route_label
+
+if TYPE_CHECKING:
+    from proxy.front_site import Front
 
 log = structlog.get_logger("shadoweval.proxy")
 
@@ -51,8 +51,6 @@ _PLAIN_V1 = re.compile(rb"/v1/(?:%s(?:/%s)*/?)?(?:\?[^#\s]*)?" % (_SEGMENT, _SEG
 _DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\?|$)")
 MAX_HEAD_BYTES = 64 * 1024  # larger heads go to aiohttp, which answers them its own way
 PIPELINE_BUFFER_BYTES = 1024 * 1024  # read no further ahead than this while busy
-KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this long
-_SWEEP_S = 5.0
 _DISCARD_S = 10.0  # how long a refused body is read and dropped before closing
 
 
@@ -72,57 +70,6 @@ class _Head:
 
     def on_headers_complete(self) -> None:
         self.complete = True
-
-
-class Front:
-    """What every lean-front connection shares: the /v1 path, metrics, and the drain."""
-
-    def __init__(
-        self,
-        app: web.Application,
-        aiohttp_server: web.Server,
-        service: V1Service,
-        metrics: ProxyMetrics,
-        access_log: bool,
-    ) -> None:
-        self.app = app
-        self.aiohttp_server = aiohttp_server
-        self.service = service
-        self.metrics = metrics
-        self.access_log = access_log
-        self.body_limit = service.body_limit
-        self.tasks = TaskSet("front")
-        self.connections: set[FrontProtocol] = set()
-        self.draining = False
-        self.requests_served = 0  # requests this front served itself
-        self.connections_handed_off = 0  # connections given to aiohttp's server
-        self._sweeper: asyncio.TimerHandle | None = None
-
-    def protocol(self) -> FrontProtocol:
-        """The protocol factory for `loop.create_server`."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
-        return FrontProtocol(self)
-
-    def _sweep(self) -> None:
-        """Close connections idle for longer than the keep-alive timeout."""
-        now = time.monotonic()
-        for conn in list(self.connections):
-            conn.close_if_idle_since(now - KEEPALIVE_S)
-        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_S, self._sweep)
-
-    async def drain(self, grace_s: float) -> None:
-        """Close idle connections, let busy ones finish their answer, cancel what is left."""
-        self.draining = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for conn in list(self.connections):
-            conn.close_if_idle_since(float("inf"))
-        if not await self.tasks.wait(grace_s):
-            log.warning("requests still running at shutdown: cancelled", count=len(self.tasks))
-            await self.tasks.cancel_all()
-        for conn in list(self.connections):
-            conn.abort()
 
 
 class FrontProtocol(asyncio.Protocol):
@@ -448,50 +395,3 @@ def _request_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
     """The client's own acceptable `x-shadow-request-id`, else a new one."""
     rid = headers.get(REQUEST_ID_HEADER)
     return rid if rid is not None and is_acceptable_client_id(rid) else new_id()
-
-
-class FrontSite(web.BaseSite):
-    """A TCP site whose connections start on the lean front (aiohttp's runner still owns it).
-
-    Stopping it stops accepting, then drains the front's own connections within `grace_s`;
-    connections handed to aiohttp are drained by aiohttp's runner, as always.
-    """
-
-    def __init__(
-        self,
-        runner: web.AppRunner,
-        front: Front,
-        host: str,
-        port: int,
-        *,
-        grace_s: float,
-        reuse_port: bool = False,
-        backlog: int = 1024,
-    ) -> None:
-        super().__init__(runner, backlog=backlog)
-        self.front = front
-        self._host = host
-        self._port = port
-        self._grace_s = grace_s
-        self._reuse_port = reuse_port
-
-    @property
-    def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
-
-    async def start(self) -> None:
-        await super().start()
-        self._server = await asyncio.get_running_loop().create_server(
-            self.front.protocol,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_port=self._reuse_port or None,
-        )
-        self._port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        await self.front.drain(self._grace_s)
-        await super().stop()

@@ -26,7 +26,7 @@ from aiohttp import web
 from proxy.app import LIFECYCLE, METRICS, SERVICE, create_app
 from proxy.config import Settings
 from proxy.errors import ConfigError, ShadowevalError
-from proxy.front import Front, FrontSite
+from proxy.front_site import Front, FrontSite
 from proxy.log import configure_logging
 
 log = structlog.get_logger("shadoweval.server")

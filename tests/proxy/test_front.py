@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-import proxy.front as front_module
-from proxy.front import Front, FrontSite
+import proxy.front_site as front_module
+from proxy.front_site import Front, FrontSite
 from proxy.lake.reader import connect
 from tests.proxy.conftest import (
     CHAT_TEXT,
