@@ -78,6 +78,19 @@ def chat_chunk(
     }
 
 
+def stalled_stream(text: str) -> Handler:
+    """A production handler that starts a stream, sends one chunk of `text`, then stalls."""
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse(chat_chunk(text)))
+        await asyncio.sleep(30)
+        return resp
+
+    return stall
+
+
 class FakeUpstream:
     """An OpenAI-compatible fake; `handlers[(method, path)]` may be replaced by a test."""
 

@@ -23,8 +23,7 @@ from tests.proxy.conftest import (
     FakeUpstream,
     ProxyFactory,
     RunningProxy,
-    chat_chunk,
-    sse,
+    stalled_stream,
 )
 
 MESSAGES: list[ChatCompletionMessageParam] = [
@@ -243,14 +242,7 @@ async def test_malformed_body_is_recorded_and_never_mirrored(
 async def test_client_disconnect_mid_stream_is_recorded_as_dropped(
     upstream: FakeUpstream, start_proxy: ProxyFactory
 ) -> None:
-    async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(chat_chunk("partial answer")))
-        await asyncio.sleep(30)
-        return resp
-
-    upstream.handlers[("POST", "/v1/chat/completions")] = endless
+    upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial answer")
     proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 60})
     session = aiohttp.ClientSession()
     resp = await session.post(

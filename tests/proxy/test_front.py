@@ -33,6 +33,7 @@ from tests.proxy.conftest import (
     RunningProxy,
     chat_chunk,
     sse,
+    stalled_stream,
 )
 
 READ_TIMEOUT_S = 3.0  # a bug fails the test instead of hanging it
@@ -724,14 +725,7 @@ async def test_client_disconnect_mid_stream_ends_the_request_as_dropped(
     handler is cancelled, nothing is left running, and the answer is recorded as dropped."""
     proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 60})
 
-    async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(chat_chunk("partial answer")))
-        await asyncio.sleep(30)
-        return resp
-
-    upstream.handlers[("POST", "/v1/chat/completions")] = endless
+    upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial answer")
     front = front_of(proxy)
     async with connection(proxy) as (reader, writer):
         await send(writer, chat_request(stream=True))

@@ -19,6 +19,7 @@ from tests.proxy.conftest import (
     RunningProxy,
     chat_chunk,
     sse,
+    stalled_stream,
 )
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Stream please."}]
@@ -196,14 +197,7 @@ async def test_client_disconnect_before_headers_cancels_upstream(
 async def test_upstream_failing_mid_stream_cuts_the_client_stream(
     upstream: FakeUpstream, start_proxy: ProxyFactory
 ) -> None:
-    async def stall(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(chat_chunk("partial")))
-        await asyncio.sleep(30)
-        return resp
-
-    upstream.handlers[("POST", "/v1/chat/completions")] = stall
+    upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial")
     proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 0.4})
     received = b""
     async with (
@@ -229,14 +223,7 @@ async def test_upstream_failing_mid_stream_cuts_the_client_stream(
 async def test_openai_sdk_sees_a_cut_stream_as_an_error(
     upstream: FakeUpstream, start_proxy: ProxyFactory
 ) -> None:
-    async def stall(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(sse(chat_chunk("partial")))
-        await asyncio.sleep(30)
-        return resp
-
-    upstream.handlers[("POST", "/v1/chat/completions")] = stall
+    upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial")
     proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 0.4})
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk", max_retries=0)
     stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
