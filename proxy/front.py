@@ -83,6 +83,7 @@ class FrontProtocol(asyncio.Protocol):
         self._body_needed = -1  # bytes of body still to read for the pending head; -1: none
         self._pending: tuple[str, str, CIMultiDictProxy[str], bool] | None = None
         self._discard = 0  # bytes of a refused body still to drop
+        self._scanned = 0  # bytes of the buffer already searched for the end of a head
         self._last_active = time.monotonic()
         self._read_paused = False
         self._write_waiter: asyncio.Future[None] | None = None
@@ -155,7 +156,33 @@ class FrontProtocol(asyncio.Protocol):
     def close_if_idle_since(self, before: float) -> None:
         """Close the connection if no request runs and nothing arrived since `before`."""
         if self._task is None and self._last_active <= before:
+            if self._pending is not None:
+                self._drop_pending()
             self.abort()
+
+    def kill(self) -> None:
+        """Close at once, unsent bytes and all (a client that stopped reading)."""
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _drop_pending(self) -> None:
+        """A request still uploading its body when the connection closes: counted as 499."""
+        assert self._pending is not None
+        method, target, headers, _ = self._pending
+        self._pending, self._body_needed = None, -1
+        path = target.partition("?")[0]
+        self._front.metrics.observe(v1_route_label(method, path), 499, 0.0)
+        if self._front.access_log:
+            log.info(
+                "access",
+                method=method,
+                route=path,
+                status=499,
+                request_id=_request_id(headers),
+                latency_ms=None,
+                upstream_ms=None,
+            )
 
     def _wake_writer(self) -> None:
         waiter = self._write_waiter
@@ -172,11 +199,16 @@ class FrontProtocol(asyncio.Protocol):
         buf = self._buf
         if not buf:
             return
-        end = buf.find(b"\r\n\r\n")
+        # Search only what arrived since the last look (a head may come a byte at a time).
+        start = max(0, self._scanned - 3)
+        end = buf.find(b"\r\n\r\n", start)
         if end < 0:
-            if len(buf) > MAX_HEAD_BYTES or b"\n\n" in buf:
+            if len(buf) > MAX_HEAD_BYTES or buf.find(b"\n\n", start) >= 0:
                 self._hand_off()  # too long, or bare LF line ends: aiohttp decides
+            else:
+                self._scanned = len(buf)
             return
+        self._scanned = 0  # the next search starts after this head
         if end + 4 > MAX_HEAD_BYTES or buf.count(b"\n", 0, end) != buf.count(b"\r\n", 0, end):
             self._hand_off()
             return
@@ -291,18 +323,20 @@ class FrontProtocol(asyncio.Protocol):
                 latency_ms=0.0,
                 upstream_ms=None,
             )
-        if "Expect" in headers:
-            self.abort()  # the client waits for our word before sending: it has it
-            return
         # Closing with unread bytes would reset the connection before the client reads the
-        # 413; read the rest (briefly) and close after.
+        # 413: our side ends after it (the client sees EOF), the body is read and dropped
+        # (briefly), then the connection closes. A client that sent `Expect` may send the
+        # body anyway (curl does after a second), so it gets the same treatment.
         dropped = min(length, len(self._buf))
         del self._buf[:dropped]
         self._discard = length - dropped
-        if self._discard == 0:
+        transport = self._transport
+        if self._discard == 0 or transport is None or transport.is_closing():
             self.abort()
-        else:
-            asyncio.get_running_loop().call_later(_DISCARD_S, self.abort)
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(_DISCARD_S, self.abort)
 
     def _hand_off(self) -> None:
         """Give this connection, and every byte not yet handled, to aiohttp's server."""

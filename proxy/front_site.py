@@ -22,7 +22,9 @@ from proxy.v1 import V1Service
 
 log = structlog.get_logger("shadoweval.proxy")
 
-KEEPALIVE_S = 75.0  # an idle keep-alive connection is closed after this long
+# An idle keep-alive connection is closed after this long: aiohttp's own default, so a load
+# balancer in front sees the same server whether or not the front is on.
+KEEPALIVE_S = 3630.0
 _SWEEP_S = 5.0
 
 
@@ -74,7 +76,7 @@ class Front:
             log.warning("requests still running at shutdown: cancelled", count=len(self.tasks))
             await self.tasks.cancel_all()
         for conn in list(self.connections):
-            conn.abort()
+            conn.kill()  # closed but never flushed: a client that stopped reading
 
 
 class FrontSite(web.BaseSite):
@@ -118,7 +120,17 @@ class FrontSite(web.BaseSite):
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop accepting; drain the front's connections and aiohttp's at the same time."""
         if self._server is not None:
             self._server.close()
-        await self.front.drain(self._grace_s)
+        aio = self._runner.server
+        if aio is not None:
+            # What the runner does after its sites stop, done now: idle handed-off
+            # connections close, busy ones drain within the same grace period as ours.
+            pre_shutdown = getattr(aio, "pre_shutdown", None)  # aiohttp >= 3.10
+            if pre_shutdown is not None:
+                pre_shutdown()
+            await asyncio.gather(self.front.drain(self._grace_s), aio.shutdown(self._grace_s))
+        else:
+            await self.front.drain(self._grace_s)
         await super().stop()

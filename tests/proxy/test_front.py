@@ -1004,3 +1004,107 @@ async def test_aiohttp_client_expect_100_continue(
         assert (await r.json())["object"] == "list"
     assert upstream.seen[-1].body == b'{"input": "x"}'
     assert front_of(proxy).connections_handed_off == 0
+
+
+# -- found in review ------------------------------------------------------------------------
+
+
+async def test_oversized_body_sent_despite_expect_still_gets_the_413(
+    upstream: FakeUpstream, start_proxy: ProxyFactory
+) -> None:
+    """A client that sends `Expect: 100-continue` and then the body without waiting (curl
+    does after a second) reads the 413, not a connection reset."""
+    proxy = await start_proxy(upstream.base_url, server={"body_limit_bytes": 1000})
+    raw = build("POST", "/v1/chat/completions", b"y" * 4_000_000, [("Expect", "100-continue")])
+    async with connection(proxy) as (reader, writer):
+        writer.write(raw)  # all of it at once; drained as the proxy reads and drops it
+        reply = await read_reply(reader)
+        await writer.drain()
+    assert reply.status == 413
+    assert reply.json()["error"]["code"] == "request_too_large"
+    assert upstream.seen == []
+
+
+async def test_stop_drains_front_and_handed_off_connections_within_one_grace_period(
+    upstream: FakeUpstream, start_proxy: ProxyFactory
+) -> None:
+    """Stopping drains both servers' connections at once, not one after the other: an idle
+    connection that was handed to aiohttp is closed at once, not served, and the whole stop
+    takes what aiohttp's own shutdown takes (it waits the grace period, cancels, then waits
+    up to the grace period again), not the front's grace period on top of it."""
+    proxy = await start_proxy(
+        upstream.base_url, server={"shutdown_grace_s": 1.0}, production={"read_timeout_s": 60}
+    )
+    upstream.handlers[("POST", "/v1/embeddings")] = slow(30, {})
+    chunked_upload = (
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: proxy.test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n4\r\n{ }\n\r\n0\r\n\r\n"
+    )
+    async with (
+        connection(proxy) as (_front_r, front_w),
+        connection(proxy) as (_aio_r, aio_w),
+        connection(proxy) as (idle_r, idle_w),
+    ):
+        await send(front_w, build("POST", "/v1/embeddings", b'{"input": "x"}'))
+        await send(aio_w, chunked_upload)  # handed to aiohttp, then stuck on production
+        await send(idle_w, build("GET", "/healthz"))  # handed to aiohttp, then idle
+        assert (await read_reply(idle_r)).status == 200
+        await eventually(lambda: upstream.active == 2)
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(proxy.stop())
+        assert await read_to_eof(idle_r, within=0.5) == b""
+        await asyncio.wait_for(stopping, 10)
+        elapsed = time.monotonic() - t0
+    assert 0.9 <= elapsed < 2.7, elapsed  # aiohttp's 2 x 1 s, not 1 s more for the front
+    assert front_of(proxy).connections_handed_off == 2
+
+
+async def test_an_upload_cut_by_the_drain_is_counted_as_499(
+    upstream: FakeUpstream, start_proxy: ProxyFactory
+) -> None:
+    """A request whose body is still arriving when the proxy stops never reaches production;
+    it is counted (status 499) as aiohttp's server counts it."""
+    proxy = await start_proxy(upstream.base_url)
+    raw = build("POST", "/v1/embeddings", b'{"input": "' + b"x" * 1000 + b'"}')
+    async with connection(proxy) as (reader, writer):
+        await send(writer, raw[: len(raw) - 500])
+        await eventually(lambda: any(c._pending is not None for c in front_of(proxy).connections))
+        await proxy.stop()
+        assert await read_to_eof(reader) == b""
+    assert request_counts(proxy) == {("/v1/embeddings", "499"): 1.0}
+    assert upstream.seen == []
+
+
+def test_a_head_arriving_a_byte_at_a_time_is_searched_once() -> None:
+    """The end of a head is looked for only in the bytes that arrived since the last look,
+    so a head fed one byte per read costs linear, not quadratic, time."""
+    from proxy.front import FrontProtocol
+
+    class Transport:
+        def is_closing(self) -> bool:
+            return False
+
+        def write(self, data: bytes) -> None:
+            raise AssertionError("nothing is answered before the head is complete")
+
+    class FakeFront:
+        def __init__(self) -> None:
+            self.connections: set[Any] = set()
+
+    proto = FrontProtocol(FakeFront())  # type: ignore[arg-type]
+    proto.connection_made(Transport())  # type: ignore[arg-type]
+    head = b"GET /v1/models HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 30_000
+    searched = 0
+    original_find = bytearray.find
+
+    class CountingBuffer(bytearray):
+        def find(self, sub: Any, start: Any = 0, *rest: Any) -> int:
+            nonlocal searched
+            searched += len(self) - (start or 0)
+            return original_find(self, sub, start, *rest)
+
+    proto._buf = CountingBuffer()
+    for i in range(len(head)):
+        proto.data_received(head[i : i + 1])
+    # Each byte is looked at a few times (two patterns, a 3-byte overlap), not once per read.
+    assert searched < 10 * len(head), searched
