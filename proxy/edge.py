@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.errors import ProxyHTTPError, error_response, not_found
 from proxy.forward import Exchange
-from proxy.ids import is_acceptable_client_id, new_id
+from proxy.ids import REQUEST_ID_HEADER, request_id_for
 from proxy.metrics import ProxyMetrics
 
 log = structlog.get_logger("shadoweval.proxy")
@@ -25,7 +25,6 @@ log = structlog.get_logger("shadoweval.proxy")
 REQUEST_ID = web.RequestKey("request_id", str)
 EXCHANGE = web.RequestKey("exchange", Exchange)
 
-REQUEST_ID_HEADER = "x-shadow-request-id"
 # Probes and scrapes are logged at debug level, so they do not drown the access log.
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -59,9 +58,7 @@ def make_edge_middleware(
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Run one request with its id bound to every log line; shape errors; count it."""
-        rid = request.headers.get(REQUEST_ID_HEADER)
-        if rid is None or not is_acceptable_client_id(rid):
-            rid = new_id()
+        rid = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         request[REQUEST_ID] = rid
         t0 = time.perf_counter()
         status = 500

@@ -23,25 +23,21 @@ import asyncio
 import contextlib
 import re
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import ProxyHTTPError, body_too_large
-from proxy.forward import Exchange, Incoming
-from proxy.front_answer import LeanAnswer, error_bytes
-from proxy.ids import is_acceptable_client_id, new_id
-from proxy.v1 import v1_route_label
+from proxy.errors import body_too_large
+from proxy.front_request import count_unserved, serve_request, write_error
+from proxy.ids import REQUEST_ID_HEADER, request_id_for
 
 if TYPE_CHECKING:
     from proxy.front_site import Front
 
 log = structlog.get_logger("shadoweval.proxy")
 
-REQUEST_ID_HEADER = "x-shadow-request-id"
 _METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE"})
 # A plain /v1 path: no percent-escapes, dot segments, empty segments or fragments; anything
 # else goes to aiohttp, whose routing decides what it means.
@@ -81,7 +77,9 @@ class FrontProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._task: asyncio.Task[Any] | None = None
         self._body_needed = -1  # bytes of body still to read for the pending head; -1: none
-        self._pending: tuple[str, str, CIMultiDictProxy[str], bool] | None = None
+        # The request whose head was read and whose body is still arriving:
+        # method, target, headers, keep-alive, request id.
+        self._pending: tuple[str, str, CIMultiDictProxy[str], bool, str] | None = None
         self._discard = 0  # bytes of a refused body still to drop
         self._scanned = 0  # bytes of the buffer already searched for the end of a head
         self._last_active = time.monotonic()
@@ -169,20 +167,9 @@ class FrontProtocol(asyncio.Protocol):
     def _drop_pending(self) -> None:
         """A request still uploading its body when the connection closes: counted as 499."""
         assert self._pending is not None
-        method, target, headers, _ = self._pending
+        method, target, _, _, rid = self._pending
         self._pending, self._body_needed = None, -1
-        path = target.partition("?")[0]
-        self._front.metrics.observe(v1_route_label(method, path), 499, 0.0)
-        if self._front.access_log:
-            log.info(
-                "access",
-                method=method,
-                route=path,
-                status=499,
-                request_id=_request_id(headers),
-                latency_ms=None,
-                upstream_ms=None,
-            )
+        count_unserved(self._front, method, target, rid, 499)
 
     def _wake_writer(self) -> None:
         waiter = self._write_waiter
@@ -253,12 +240,14 @@ class FrontProtocol(asyncio.Protocol):
             for token in value.split(",")
         )
         method, target = parts[0].decode("ascii"), parts[1].decode("ascii")
+        rid = request_id_for(headers.get(REQUEST_ID_HEADER))
         if length > self._front.body_limit:
-            self._refuse_body(method, target, headers, length)
+            self._refuse_body(method, target, rid, length)
             return
         if length and "Expect" in headers:
-            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._pending = (method, target, CIMultiDictProxy(headers), keep_alive)
+            with contextlib.suppress(ConnectionError):
+                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._pending = (method, target, CIMultiDictProxy(headers), keep_alive, rid)
         self._body_needed = length
         self._take_body()
 
@@ -268,13 +257,13 @@ class FrontProtocol(asyncio.Protocol):
         if len(self._buf) < need:
             return
         assert self._pending is not None
-        method, target, headers, keep_alive = self._pending
+        method, target, headers, keep_alive, rid = self._pending
         self._pending, self._body_needed = None, -1
         body = bytes(self._buf[:need])
         del self._buf[:need]
         self._front.requests_served += 1
         self._task = self._front.tasks.spawn(
-            self._serve(method, target, headers, body, keep_alive),
+            serve_request(self._front, self, rid, method, target, headers, body, keep_alive),
             "request",
         )
         self._task.add_done_callback(self._request_done)
@@ -298,31 +287,10 @@ class FrontProtocol(asyncio.Protocol):
             self._transport.resume_reading()  # type: ignore[union-attr]
         self._advance()
 
-    def _write(self, data: bytes) -> None:
-        """Write outside a request's task, where a gone client needs no answer."""
-        with contextlib.suppress(ConnectionError):
-            self.send(data)
-
-    def _refuse_body(
-        self, method: str, target: str, headers: CIMultiDict[str], length: int
-    ) -> None:
+    def _refuse_body(self, method: str, target: str, rid: str, length: int) -> None:
         """413 for a body over the limit; its bytes are read and dropped, then we close."""
-        rid = _request_id(headers)
-        err = body_too_large(self._front.body_limit)
-        reason = _REASONS[413]
-        self._write(error_bytes(413, reason, err.message, err.type, err.code, rid, close=True))
-        path = target.partition("?")[0]
-        self._front.metrics.observe(v1_route_label(method, path), 413, 0.0)
-        if self._front.access_log:
-            log.info(
-                "access",
-                method=method,
-                route=path,
-                status=413,
-                request_id=rid,
-                latency_ms=0.0,
-                upstream_ms=None,
-            )
+        write_error(self, body_too_large(self._front.body_limit), rid, keep=False)
+        count_unserved(self._front, method, target, rid, 413)
         # Closing with unread bytes would reset the connection before the client reads the
         # 413: our side ends after it (the client sees EOF), the body is read and dropped
         # (briefly), then the connection closes. A client that sent `Expect` may send the
@@ -353,79 +321,3 @@ class FrontProtocol(asyncio.Protocol):
             protocol.data_received(data)
         if self._read_paused:
             transport.resume_reading()
-
-    # -- one request --------------------------------------------------------------------
-
-    async def _serve(
-        self, method: str, target: str, headers: CIMultiDictProxy[str], body: bytes, keep: bool
-    ) -> bool:
-        """Relay one request and write its answer; True if the connection may be reused."""
-        front = self._front
-        rid = _request_id(headers)
-        path = target.partition("?")[0]
-        label = v1_route_label(method, path)
-        metrics = front.metrics
-        t0 = time.perf_counter()
-        received_at = datetime.now(UTC)
-        exchange = Exchange.begin()
-        answer = LeanAnswer(self, rid, keep)
-        status = 500
-        metrics.in_flight.inc()
-        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
-        try:
-            incoming = Incoming(method, path, target, headers, rid)
-            await front.service.relay(incoming, body, received_at, exchange, answer, label)
-            status = answer.status or 500
-            return keep
-        except ProxyHTTPError as exc:
-            status = exc.status
-            return self._answer_error(answer, exc, rid, keep)
-        except asyncio.CancelledError:
-            status = 499  # the client went away before the answer was complete
-            raise
-        except Exception:
-            log.exception("unhandled error in request handler", path=path)
-            err = ProxyHTTPError(500, "internal proxy error", "server_error", "internal_error")
-            return self._answer_error(answer, err, rid, keep)
-        finally:
-            metrics.in_flight.dec()
-            seconds = time.perf_counter() - t0
-            metrics.observe(label, status, seconds)
-            try:
-                if front.access_log:
-                    log.info(
-                        "access",
-                        method=method,
-                        route=path,
-                        status=status,
-                        latency_ms=round(seconds * 1000.0, 3),
-                        upstream_ms=round(exchange.upstream_ms, 3)
-                        if exchange.upstream_ms is not None
-                        else None,
-                    )
-            finally:
-                structlog.contextvars.reset_contextvars(**tokens)
-
-    def _answer_error(self, answer: LeanAnswer, err: ProxyHTTPError, rid: str, keep: bool) -> bool:
-        """The proxy's own error JSON, if the answer has not started; else close."""
-        if answer.started:
-            return False  # half an answer is out: only closing can tell the client
-        reason = _REASONS.get(err.status, "Error")
-        self._write(
-            error_bytes(err.status, reason, err.message, err.type, err.code, rid, close=not keep)
-        )
-        return keep
-
-
-_REASONS = {
-    413: "Request Entity Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    504: "Gateway Timeout",
-}
-
-
-def _request_id(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> str:
-    """The client's own acceptable `x-shadow-request-id`, else a new one."""
-    rid = headers.get(REQUEST_ID_HEADER)
-    return rid if rid is not None and is_acceptable_client_id(rid) else new_id()

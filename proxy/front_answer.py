@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Protocol
 
 from proxy.errors import error_body
+from proxy.ids import REQUEST_ID_HEADER
 
-REQUEST_ID_HEADER = "x-shadow-request-id"
 # Statuses whose answers never have a body (RFC 9110 §6.4.1).
 _NO_BODY = frozenset({204, 304})
 
@@ -53,7 +54,6 @@ def _encode(text: str) -> bytes:
 
 def error_bytes(
     status: int,
-    reason: str,
     message: str,
     type_: str,
     code: str | None,
@@ -64,19 +64,13 @@ def error_bytes(
     """A whole OpenAI-style error answer, head and body."""
     body = error_body(message, type_, code)
     head = (
-        (
-            f"HTTP/1.1 {status} {reason}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            f"{REQUEST_ID_HEADER}: {request_id}\r\n"
-        ).encode("ascii")
-        + b"Date: "
-        + http_date()
-        + b"\r\n"
-    )
-    if close:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{REQUEST_ID_HEADER}: {request_id}\r\n"
+    ).encode("ascii")
+    close_line = b"Connection: close\r\n" if close else b""
+    return head + b"Date: " + http_date() + b"\r\n" + close_line + b"\r\n" + body
 
 
 class LeanAnswer:

@@ -60,3 +60,13 @@ def id_time_ms(request_id: str) -> int | None:
 def is_acceptable_client_id(value: str) -> bool:
     """A client may choose its own id: printable, short, no spaces or path characters."""
     return bool(_VALID.match(value))
+
+
+REQUEST_ID_HEADER = "x-shadow-request-id"
+
+
+def request_id_for(client_value: str | None) -> str:
+    """A request's id: the client's own `x-shadow-request-id` if acceptable, else a new one."""
+    if client_value is not None and is_acceptable_client_id(client_value):
+        return client_value
+    return new_id()

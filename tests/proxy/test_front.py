@@ -235,6 +235,17 @@ def loop_must_not_block(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def assert_same_reply(via_front: Reply, via_plain: Reply) -> None:
+    """Status line, body and headers equal, but for date, server, framing and id."""
+    assert (via_front.version, via_front.status, via_front.reason) == (
+        via_plain.version,
+        via_plain.status,
+        via_plain.reason,
+    )
+    assert via_front.body == via_plain.body
+    assert via_front.comparable_headers() == via_plain.comparable_headers()
+
+
 @pytest.fixture
 async def plain(upstream: FakeUpstream, start_proxy: ProxyFactory) -> RunningProxy:
     """A second proxy on the same upstream, served by aiohttp's server alone."""
@@ -499,13 +510,7 @@ async def test_hand_off_cases_are_answered_as_aiohttp_alone_answers_them(
     plain_seen = [(s.method, s.path_qs, s.body) for s in upstream.seen]
     upstream.seen.clear()
     via_front = await exchange(proxy, raw, head=head)
-    assert (via_front.version, via_front.status, via_front.reason) == (
-        via_plain.version,
-        via_plain.status,
-        via_plain.reason,
-    )
-    assert via_front.body == via_plain.body
-    assert via_front.comparable_headers() == via_plain.comparable_headers()
+    assert_same_reply(via_front, via_plain)
     assert [(s.method, s.path_qs, s.body) for s in upstream.seen] == plain_seen
     front = front_of(proxy)
     assert (front.requests_served, front.connections_handed_off) == (0, 1)
@@ -860,13 +865,7 @@ async def compare(front_proxy: RunningProxy, plain_proxy: RunningProxy, raw: byt
     """Send `raw` to both; everything but date, server, framing and id must be equal."""
     via_plain = await exchange(plain_proxy, raw)
     via_front = await exchange(front_proxy, raw)
-    assert (via_front.version, via_front.status, via_front.reason) == (
-        via_plain.version,
-        via_plain.status,
-        via_plain.reason,
-    )
-    assert via_front.body == via_plain.body
-    assert via_front.comparable_headers() == via_plain.comparable_headers()
+    assert_same_reply(via_front, via_plain)
     assert "x-shadow-request-id" in via_front.h and "x-shadow-request-id" in via_plain.h
     return via_front
 
