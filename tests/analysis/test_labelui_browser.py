@@ -115,7 +115,10 @@ def test_label_items_by_keyboard_only(browser: Any, server: ServerThread, tmp_pa
     page = context.new_page()
     page.set_default_timeout(15_000)
     page.goto(server.url("/"))
-    page.keyboard.type("Kim")  # the name field has the focus
+    # The name field takes the focus by itself (autofocus), which Chromium applies at a
+    # rendering step after the load event: wait for it, as a user sees the caret, then type.
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'name'")
+    page.keyboard.type("Kim")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/item/"))
     assert page.inner_text("#labeller") == "Kim"
