@@ -32,7 +32,8 @@ from proxy.edge import (
 from proxy.errors import body_too_large
 from proxy.forward import AiohttpAnswer, Exchange, Forwarder, Incoming, upstream_pool
 from proxy.health import Lifecycle, health_routes
-from proxy.lake.recorder import Recorder
+from proxy.lake.recorder import LakeRecorder, Recorder
+from proxy.lake.writer_process import ProcessRecorder
 from proxy.metrics import ProxyMetrics, metrics_handler
 from proxy.mirror import Mirror
 from proxy.sampling import Sampler
@@ -45,7 +46,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", ProxyMetrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 FORWARDER = web.AppKey("forwarder", Forwarder)
-RECORDER = web.AppKey("recorder", Recorder)
+RECORDER = web.AppKey("recorder", LakeRecorder)
 SAMPLER = web.AppKey("sampler", Sampler)
 MIRROR = web.AppKey("mirror", Mirror)
 SERVICE = web.AppKey("service", V1Service)
@@ -144,7 +145,11 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app[REGISTRY] = registry
     app[METRICS] = metrics
     app[LIFECYCLE] = lifecycle
-    recorder = Recorder(settings.storage, registry=registry)
+    recorder: LakeRecorder
+    if settings.storage.writer_process:
+        recorder = ProcessRecorder(settings.storage, registry=registry, logging=settings.logging)
+    else:
+        recorder = Recorder(settings.storage, registry=registry)
     app[RECORDER] = recorder
     app[SAMPLER] = Sampler(
         settings.sampling, has_candidates=any(c.enabled for c in settings.candidates)

@@ -23,10 +23,9 @@ from proxy.answer import AssembledOutput, parse_completion
 from proxy.config import ProductionSettings
 from proxy.errors import upstream_error_code
 from proxy.forward import Exchange
-from proxy.lake.recorder import Recorder
 from proxy.lake.rows import OMIT_KEY
 from proxy.lake.schema import PRODUCTION
-from proxy.mirror import Mirror
+from proxy.mirror import Mirror, RowRecorder
 from proxy.sampling import SamplingDecision
 from proxy.streaming import StreamAssembler
 from proxy.upstream import UpstreamResponse
@@ -111,7 +110,7 @@ class Capture:
     def __init__(
         self,
         *,
-        recorder: Recorder,
+        recorder: RowRecorder,
         mirror: Mirror,
         production: ProductionSettings,
         request_id: str,

@@ -148,6 +148,9 @@ class StorageSettings(_Model):
     compact_after_s: float = Field(3600.0, ge=0)
     retention_days: int | None = Field(None, ge=1)
     writer_id: str | None = None
+    # Convert and write rows in a separate lake-writer process (proxy/lake/writer_process.py)
+    # instead of a thread of the serving process: no GIL shared with the event loop.
+    writer_process: bool = True
 
 
 class AdminSettings(_Model):

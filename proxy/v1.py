@@ -18,9 +18,8 @@ import structlog
 from proxy.capture import Capture, request_row
 from proxy.config import Settings
 from proxy.forward import ClientAnswer, Exchange, Forwarder, Incoming
-from proxy.lake.recorder import Recorder
 from proxy.metrics import ProxyMetrics
-from proxy.mirror import Mirror
+from proxy.mirror import Mirror, RowRecorder
 from proxy.sampling import SUPPORTED_ROUTES, Sampler, SamplingDecision
 
 log = structlog.get_logger("shadoweval.proxy")
@@ -65,7 +64,7 @@ class V1Service:
         self,
         settings: Settings,
         forwarder: Forwarder,
-        recorder: Recorder,
+        recorder: RowRecorder,
         sampler: Sampler,
         mirror: Mirror,
         metrics: ProxyMetrics,

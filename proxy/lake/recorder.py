@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, Histogram
@@ -98,6 +98,19 @@ class _Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=registry,
         )
+
+
+class LakeRecorder(Protocol):
+    """What the proxy needs of a recorder: this module's, or the lake-writer process's."""
+
+    @property
+    def writer_id(self) -> str: ...
+
+    def record(self, dataset: str, row: dict[str, Any]) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass

@@ -275,7 +275,10 @@ def make_settings(production_url: str, data_dir: Path, **sections: Any) -> Setti
             "read_timeout_s": 5,
             "total_timeout_s": 10,
         },
-        "storage": {"data_dir": str(data_dir), "flush_interval_s": 0.2},
+        # The lake writer as a thread: a writer process per test proxy would cost each test
+        # its start-up (~1.5 s of imports). The process is tested in lake/test_writer_process.py,
+        # test_recording_e2e.py and, as `shadoweval serve` runs it, test_server.py.
+        "storage": {"data_dir": str(data_dir), "flush_interval_s": 0.2, "writer_process": False},
         "logging": {"format": "json", "level": "warning"},
     }
     for name, value in sections.items():

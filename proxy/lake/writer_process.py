@@ -1,0 +1,322 @@
+"""A recorder whose lake writing runs in a process of its own (`storage.writer_process`).
+
+The live process keeps only the cheap part: `record()` appends to a list, and every
+SEND_EVERY_S (or SEND_ROWS rows) the list is pickled (about 1 us a row) and written to a
+pipe. Converting rows to Arrow, redaction, Parquet and compaction - 10-20 us a row, most
+of it holding the GIL - run in `proxy.lake.writer_child`, so they no longer stall the event
+loop that serves production, and on a machine with a free core they run beside it.
+
+Same contract as the in-process `Recorder`: `record()` never blocks and returns False when
+the row is dropped; what both processes hold together is bounded by
+`storage.buffer_max_rows`; every loss is counted in `shadoweval_recorder_dropped_total`.
+The writer's own counters (rows and segments written, flush time, write errors) are
+reported over the pipe and served on this process's /metrics. More on failure:
+- the writer dies (killed, out of memory): the rows it had not confirmed are counted as
+  dropped with reason `writer_died` (some may have reached the lake), an error is logged
+  and a new writer is started; rows recorded meanwhile wait here, within the bound;
+- this process is SIGKILLed: the writer sees its pipe end, flushes what it received and
+  exits, so only the last SEND_EVERY_S of rows is lost;
+- `close()` sends what is left, closes the pipe and waits for the writer's last report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from proxy.config import LoggingSettings, StorageSettings
+from proxy.lake.recorder import DROP_WARN_INTERVAL_S, _Metrics
+from proxy.lake.schema import DATASETS
+from proxy.lake.writer import default_writer_id
+from proxy.lake.writer_child import BUFFERED, Snapshot, frame, read_frame, snapshot
+from proxy.tasks import TaskSet
+
+log = structlog.get_logger("shadoweval.recorder")
+
+SEND_EVERY_S = 0.05
+SEND_ROWS = 256
+# Rows in the kernel's pipe survive a SIGKILL of this process; rows in our buffer do not.
+PIPE_BYTES = 1 << 20
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+CLOSE_RESTARTS = 3
+DROPPED = "shadoweval_recorder_dropped"
+WRITTEN = "shadoweval_recorder_rows_written"
+
+
+class _WriterMetrics(Collector):
+    """The recorder's metric families: the writers' counters summed over restarts, plus ours."""
+
+    def __init__(self) -> None:
+        # A zero snapshot gives every family its type and help before the first report.
+        zero = CollectorRegistry()
+        _Metrics(zero)
+        self._zero = snapshot(zero)
+        self.past: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        self.current: Snapshot = {}
+        self.dropped: Counter[tuple[str, str]] = Counter()  # (dataset, reason) dropped here
+        self.held = 0
+
+    def retire(self) -> None:
+        """The current writer ended: its counters become part of the past."""
+        for family, (typ, _, samples) in self.current.items():
+            if typ in ("counter", "histogram"):
+                for key, value in samples.items():
+                    self.past[(family, *key)] = self.past.get((family, *key), 0.0) + value
+        self.current = {}
+
+    def value(self, family: str, sample: str, labels: dict[str, str]) -> float:
+        key = (sample, tuple(sorted(labels.items())))
+        now = self.current.get(family, ("", "", {}))[2].get(key, 0.0)
+        return self.past.get((family, *key), 0.0) + now
+
+    def collect(self) -> Iterable[Metric]:
+        for family, (typ, doc, zero) in self._zero.items():
+            metric = Metric(family, doc, typ)
+            if family == BUFFERED:
+                metric.add_sample(BUFFERED, {}, float(self.held))
+                yield metric
+                continue
+            # In the order first seen (a histogram's buckets stay in increasing order).
+            keys = dict.fromkeys(zero)
+            keys.update(dict.fromkeys(self.current.get(family, ("", "", {}))[2]))
+            keys.update(dict.fromkeys((s, lab) for (f, s, lab) in self.past if f == family))
+            if family == DROPPED:
+                for dataset, reason in self.dropped:
+                    keys[(DROPPED + "_total", (("dataset", dataset), ("reason", reason)))] = None
+            for sample, labels in keys:
+                value = self.value(family, sample, dict(labels))
+                if family == DROPPED:
+                    lab = dict(labels)
+                    value += self.dropped[(lab["dataset"], lab["reason"])]
+                metric.add_sample(sample, dict(labels), value)
+            yield metric
+
+
+class ProcessRecorder:
+    """The `Recorder` interface; the rows are written by a `writer_child` process."""
+
+    def __init__(
+        self,
+        storage: StorageSettings,
+        *,
+        writer_id: str | None = None,
+        registry: CollectorRegistry | None = None,
+        maintenance_interval_s: float | None = 600.0,
+        logging: LoggingSettings | None = None,
+    ) -> None:
+        self.storage = storage
+        self.data_dir = storage.data_dir
+        self.writer_id = writer_id or storage.writer_id or default_writer_id("proxy")
+        self._config = json.dumps(
+            {
+                "storage": storage.model_dump(mode="json"),
+                "writer_id": self.writer_id,
+                "maintenance_interval_s": maintenance_interval_s,
+                "logging": (logging or LoggingSettings()).model_dump(mode="json"),
+            }
+        )
+        self._max = storage.buffer_max_rows
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._sent: Counter[str] = Counter()  # rows given to the current writer, by dataset
+        self._pipe: asyncio.WriteTransport | None = None
+        self.writer_pid: int | None = None  # the running writer process, if any
+        self._closing = self._closed = False
+        self._tasks = TaskSet("lake-writer")
+        self._supervisor: asyncio.Task[None] | None = None
+        self._unwarned, self._last_warning = 0, float("-inf")
+        self.metrics = _WriterMetrics()
+        (registry if registry is not None else CollectorRegistry()).register(self.metrics)
+
+    def _count_held(self) -> None:
+        """Rows here plus rows the current writer has not yet written or dropped."""
+        released = sum(self._released(name) for name in self._sent)
+        self.metrics.held = len(self._pending) + sum(self._sent.values()) - int(released)
+
+    def _released(self, dataset: str) -> float:
+        """Rows of `dataset` the current writer no longer holds: written or dropped by it."""
+        total = 0.0
+        for family, (_, _, samples) in self.metrics.current.items():
+            if family in (WRITTEN, DROPPED):
+                for (_, labels), value in samples.items():
+                    if dict(labels).get("dataset") == dataset:
+                        total += value
+        return total
+
+    def handed_over(self) -> bool:
+        """Every row recorded so far is in the writer's pipe or beyond (safe from our SIGKILL)."""
+        pipe = self._pipe
+        return not self._pending and pipe is not None and pipe.get_write_buffer_size() == 0
+
+    async def start(self) -> None:
+        """Start the writer process (in the background: rows wait here until it is up)."""
+        if self._supervisor is None and not self._closing:
+            self._supervisor = self._tasks.spawn(self._supervise(), "supervisor")
+            self._tasks.spawn(self._send_every(), "sender")
+
+    def record(self, dataset: str, row: dict[str, Any]) -> bool:
+        """Queue one row of `dataset` for the writer; False when it was dropped."""
+        if dataset not in DATASETS:
+            raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        if self._closed or self.metrics.held >= self._max:
+            self._drop(dataset, "closed" if self._closed else "buffer_full")
+            return False
+        self._pending.append((dataset, row))
+        self.metrics.held += 1
+        if len(self._pending) >= SEND_ROWS:
+            self._send()
+        return True
+
+    def _drop(self, dataset: str, reason: str, n: int = 1) -> None:
+        self.metrics.dropped[(dataset, reason)] += n
+        self._unwarned += n
+        now = time.monotonic()
+        if now - self._last_warning >= DROP_WARN_INTERVAL_S:
+            log.warning("recorder dropped rows", dropped=self._unwarned, reason=reason,
+                        held=self.metrics.held, buffer_max_rows=self._max)  # fmt: skip
+            self._unwarned, self._last_warning = 0, now
+
+    def _send(self) -> None:
+        """Hand every pending row to the writer (nothing happens while none is running)."""
+        if not self._pending or self._pipe is None or self._pipe.is_closing():
+            return
+        batch, self._pending = self._pending, []
+        try:
+            data = frame(batch)
+        except Exception:  # a value pickle cannot carry: drop that row only
+            data, batch = self._frame_one_by_one(batch)
+        self._pipe.write(data)
+        self._sent.update(dataset for dataset, _ in batch)
+
+    def _frame_one_by_one(
+        self, batch: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[bytes, list[tuple[str, dict[str, Any]]]]:
+        kept = []
+        for dataset, row in batch:
+            try:
+                pickle.dumps(row)
+            except Exception as exc:
+                self._drop(dataset, "invalid")
+                self.metrics.held -= 1
+                log.error("row not recordable", dataset=dataset, error=repr(exc))
+            else:
+                kept.append((dataset, row))
+        return frame(kept), kept
+
+    async def _send_every(self) -> None:
+        while True:
+            await asyncio.sleep(SEND_EVERY_S)
+            self._send()
+
+    async def _supervise(self) -> None:
+        """Run a writer; when it dies, count what it held and start another."""
+        failures = 0
+        while True:
+            clean = False
+            try:
+                clean = await self._run_writer()
+            except Exception as exc:
+                log.error("lake writer failed", error=f"{type(exc).__name__}: {exc}")
+            self._settle(clean)
+            if self._closing and (not self._pending or failures >= CLOSE_RESTARTS):
+                return
+            if clean and not self._closing:
+                failures = 0
+            failures += 1
+            await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1])
+
+    async def _run_writer(self) -> bool:
+        """One writer process from start to exit; True when it ended with its last report."""
+        loop = asyncio.get_running_loop()
+        rows_r, rows_w = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):  # Linux: hold more in the kernel
+            fcntl.fcntl(rows_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        stats_r, stats_w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proxy.lake.writer_child",
+                self._config, str(rows_r), str(stats_w),
+                pass_fds=(rows_r, stats_w), stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C or a signal to our group is not for it
+            )  # fmt: skip
+        except BaseException:
+            os.close(rows_w)
+            os.close(stats_r)
+            raise
+        finally:
+            os.close(rows_r)
+            os.close(stats_w)
+        self.writer_pid = proc.pid
+        log.info("lake writer started", pid=proc.pid, writer=self.writer_id)
+        reader = asyncio.StreamReader(limit=2**31)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(stats_r, "rb", buffering=0)
+        )
+        pipe, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(rows_w, "wb", buffering=0)
+        )
+        self._pipe = pipe
+        done = False
+        try:
+            self._send()
+            if self._closing:
+                pipe.close()
+            while True:
+                try:
+                    report = await read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    break
+                self.metrics.current = report["snapshot"]
+                done = report["done"]
+                self._count_held()
+        finally:
+            self._pipe = None
+            pipe.close()
+            code = await proc.wait()
+            self.writer_pid = None
+        if not done or code != 0:
+            log.error("lake writer exited", exitcode=code, pid=proc.pid)
+        return done and code == 0
+
+    def _settle(self, clean: bool) -> None:
+        """A writer ended: rows it never confirmed are lost (or of unknown fate)."""
+        lost = {name: n - int(self._released(name)) for name, n in self._sent.items()}
+        for name, n in lost.items():
+            if n > 0:
+                self._drop(name, "writer_died", n)
+                log.error("rows given to the lake writer not confirmed", dataset=name, rows=n)
+        self.metrics.retire()
+        self._sent.clear()
+        self.metrics.held = len(self._pending)
+
+    async def close(self) -> None:
+        """Send every row, let the writer flush and exit; idempotent."""
+        if not self._closing:
+            self._closing = True
+            self._closed = True
+            if self._pipe is not None:
+                self._send()
+                self._pipe.close()
+        if self._supervisor is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._supervisor)
+        for dataset, _ in self._pending:
+            self._drop(dataset, "write_failed")
+        if self._pending:
+            log.error("rows lost: no lake writer could be run", rows=len(self._pending))
+        self._pending = []
+        self.metrics.held = 0
+        await self._tasks.cancel_all()
