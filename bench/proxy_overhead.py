@@ -14,8 +14,13 @@ Scenarios, interleaved round by round (in a rotating order) so machine noise hit
   aioproxy       client -> proxy with server.lean_front off (aiohttp serves every request)
   proxy          client -> proxy -> nginx, no candidates (mirroring off)
   mirror10       10% mirrored to 2 candidates (nginx)
+  mirror10t      the same with storage.writer_process off (the lake written by a thread of
+                 the proxy's process, not by its lake-writer process)
   slowcands      10% mirrored to 2 candidates answering after --slow-ms (default 50 ms)
   downcands      10% mirrored to 2 candidates whose port refuses connections
+
+CPU time and memory count the proxy's whole process tree (its lake-writer process included),
+which the taskset pins to the proxy's CPU with it.
 
 After each proxy run the proxy is stopped with SIGTERM and its lake is read with DuckDB:
 rows per target and outcome, to confirm every mirrored request was recorded per candidate.
@@ -314,6 +319,7 @@ def proxy_config(
     rate: float,
     lake: Path,
     lean_front: bool = True,
+    writer_process: bool = True,
 ) -> dict[str, Any]:
     """The proxy's config for one scenario: product defaults except where the bench needs."""
     return {
@@ -329,7 +335,7 @@ def proxy_config(
             for i, url in enumerate(candidates)
         ],
         "sampling": {"rate": rate},
-        "storage": {"data_dir": str(lake)},
+        "storage": {"data_dir": str(lake), "writer_process": writer_process},
         "logging": {"format": "json", "level": "warning"},
     }
 
@@ -342,12 +348,13 @@ def proxy(
     workdir: Path,
     cpu: int = PROXY_CPU,
     lean_front: bool = True,
+    writer_process: bool = True,
 ) -> Iterator[Proxy]:
     """`shadoweval serve` pinned to the proxy's CPU; SIGTERM (graceful, lake flushed) on exit."""
     port = free_port()
     lake = workdir / f"lake-{port}"
     path = workdir / f"proxy-{port}.yaml"
-    config = proxy_config(port, production, candidates, rate, lake, lean_front)
+    config = proxy_config(port, production, candidates, rate, lake, lean_front, writer_process)
     path.write_text(yaml.safe_dump(config))
     log_path = workdir / f"proxy-{port}.log"
     with open(log_path, "wb") as log:
@@ -371,17 +378,42 @@ def proxy(
         raise RuntimeError(f"proxy exited with {code}:\n{tail}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the proxy and its lake-writer process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and its descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident memory of a process and its descendants."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    if not total:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return total
 
 
 # Fixed-rate load comes from this many `hey` processes, one connection each, started
@@ -538,11 +570,11 @@ def machine() -> dict[str, Any]:
 
 
 SCENARIOS = (
-    "direct", "aiofloor", "floor", "rawfloor", "aioproxy", "proxy", "mirror10", "slowcands",
-    "downcands",
+    "direct", "aiofloor", "floor", "rawfloor", "aioproxy", "proxy", "mirror10", "mirror10t",
+    "slowcands", "downcands",
 )  # fmt: skip
 PROXIED = SCENARIOS[1:]
-THROUGHPUT = ("direct", *FLOORS, "aioproxy", "proxy", "mirror10")
+THROUGHPUT = ("direct", *FLOORS, "aioproxy", "proxy", "mirror10", "mirror10t")
 
 
 def cpu_busy(cpu: int) -> tuple[float, float]:
@@ -617,6 +649,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "aioproxy": ([], 0.0),
             "proxy": ([], 0.0),
             "mirror10": ([cand1, cand2], 0.1),
+            "mirror10t": ([cand1, cand2], 0.1),
             "slowcands": ([slow1, slow2], 0.1),
             "downcands": ([down, down], 0.1),
         }
@@ -637,7 +670,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     cands, rate = candidates[name]
                     lean = name != "aioproxy"
-                    with proxy(prod, cands, rate, work, args.proxy_cpu, lean) as p:
+                    writer = name != "mirror10t"
+                    with proxy(prod, cands, rate, work, args.proxy_cpu, lean, writer) as p:
                         warm_up(p.url, body_file)
                         measure(name, p.url, p.pid)
                     lakes.setdefault(name, []).append(lake_counts(p.lake))
