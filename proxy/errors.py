@@ -7,8 +7,12 @@ an error body, so every error a client sees from the proxy looks the same:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
-from aiohttp import web
+
+if TYPE_CHECKING:  # aiohttp is imported where a response is built: the lake writer needs none
+    from aiohttp import web
 
 
 class ShadowevalError(Exception):
@@ -45,6 +49,8 @@ def error_body(message: str, type_: str, code: str | None) -> bytes:
 def error_response(
     status: int, message: str, type_: str, code: str | None, headers: dict[str, str] | None = None
 ) -> web.Response:
+    from aiohttp import web
+
     return web.Response(
         status=status,
         body=error_body(message, type_, code),

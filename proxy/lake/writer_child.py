@@ -103,6 +103,7 @@ async def serve(config: dict[str, Any], rows_fd: int, stats_fd: int) -> None:
             await asyncio.sleep(STATS_EVERY_S)
             stats.write(frame({"snapshot": snapshot(registry), "done": False}))
 
+    stats.write(frame({"snapshot": snapshot(registry), "done": False}))  # up and running
     reporter = asyncio.get_running_loop().create_task(report())
     try:
         while True:

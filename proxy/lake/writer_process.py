@@ -51,6 +51,7 @@ SEND_EVERY_S = 0.05
 SEND_ROWS = 256
 # Rows in the kernel's pipe survive a SIGKILL of this process; rows in our buffer do not.
 PIPE_BYTES = 1 << 20
+WRITER_START_S = 30.0
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CLOSE_RESTARTS = 3
 DROPPED = "shadoweval_recorder_dropped"
@@ -138,6 +139,7 @@ class ProcessRecorder:
         self._tasks = TaskSet("lake-writer")
         self._supervisor: asyncio.Task[None] | None = None
         self._unwarned, self._last_warning = 0, float("-inf")
+        self._up = asyncio.Event()  # set at the first report of the first writer
         self.metrics = _WriterMetrics()
         (registry if registry is not None else CollectorRegistry()).register(self.metrics)
 
@@ -162,10 +164,19 @@ class ProcessRecorder:
         return not self._pending and pipe is not None and pipe.get_write_buffer_size() == 0
 
     async def start(self) -> None:
-        """Start the writer process (in the background: rows wait here until it is up)."""
+        """Start the writer process and wait (bounded) until it is up; idempotent.
+
+        Waiting keeps the writer's start-up (about a second of imports) out of the first
+        requests' way. A writer that is not up in WRITER_START_S is logged, and rows wait
+        here for it, within the bound.
+        """
         if self._supervisor is None and not self._closing:
             self._supervisor = self._tasks.spawn(self._supervise(), "supervisor")
             self._tasks.spawn(self._send_every(), "sender")
+        try:
+            await asyncio.wait_for(self._up.wait(), WRITER_START_S)
+        except TimeoutError:
+            log.warning("lake writer not up yet; rows wait for it", waited_s=WRITER_START_S)
 
     def record(self, dataset: str, row: dict[str, Any]) -> bool:
         """Queue one row of `dataset` for the writer; False when it was dropped."""
@@ -281,6 +292,7 @@ class ProcessRecorder:
                     break
                 self.metrics.current = report["snapshot"]
                 done = report["done"]
+                self._up.set()
                 self._count_held()
         finally:
             self._pipe = None
