@@ -16,6 +16,10 @@ Bounds and losses, all counted, none silent:
   (`reason="write_failed"`) and logged as an error. A SIGKILL loses at most the rows of the
   last flush interval plus the write in progress.
 
+The proxy runs this recorder in a lake-writer process of its own by default
+(`proxy/lake/writer_process.py`), so the conversion and writing stay off its event loop's
+GIL; elsewhere (tools, tests, `storage.writer_process: false`) it runs in the caller's process.
+
 The recorder also refreshes `catalog.duckdb` once at start and, every
 `maintenance_interval_s`, compacts small segments and applies `storage.retention_days`
 (one process per host at a time, through the dataset's maintenance lock).

@@ -322,6 +322,8 @@ class ProcessRecorder:
             if self._pipe is not None:
                 self._send()
                 self._pipe.close()
+            elif self._supervisor is None and self._pending:  # never started: a writer for these
+                self._supervisor = self._tasks.spawn(self._supervise(), "supervisor")
         if self._supervisor is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._supervisor)

@@ -80,6 +80,14 @@ async def test_rows_wait_within_the_bound_until_a_writer_runs(tmp_path):
     assert _dropped(reg, "requests", "closed") == 1
 
 
+async def test_close_without_start_still_writes_every_row(tmp_path):
+    rec = ProcessRecorder(storage(tmp_path))
+    for i in range(5):
+        rec.record("requests", request_row(i))
+    await rec.close()
+    assert _count(tmp_path, "requests") == 5
+
+
 async def test_a_row_pickle_cannot_carry_is_dropped_alone(tmp_path):
     reg = CollectorRegistry()
     rec = ProcessRecorder(storage(tmp_path), registry=reg)
