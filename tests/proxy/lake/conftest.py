@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,3 +81,11 @@ def storage(data_dir: Path, **kw: Any) -> StorageSettings:
     base: dict[str, Any] = {"data_dir": data_dir, "flush_interval_s": 0.05, "flush_rows": 1000}
     base.update(kw)
     return StorageSettings(**base)
+
+
+async def until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Wait (polling) until `cond()` holds; fail the test after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

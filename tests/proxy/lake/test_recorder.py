@@ -3,7 +3,6 @@ bounds, drops, retries and shutdown, all counted."""
 
 import asyncio
 import shutil
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from structlog.testing import capture_logs
 
 from proxy.lake.reader import connect, glob_for
 from proxy.lake.recorder import Recorder
-from tests.proxy.lake.conftest import T0, request_row, response_row, storage
+from tests.proxy.lake.conftest import T0, request_row, response_row, storage, until
 
 API_KEY = "sk-proj-Zq8rT3stKeyN0tF0rUse1234"
 
@@ -31,13 +30,6 @@ def _dropped(reg: CollectorRegistry, dataset: str, reason: str) -> float:
         )
         or 0.0
     )
-
-
-async def _until(cond, within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_rows_reach_the_lake_and_read_back_everywhere(tmp_path):
@@ -77,14 +69,14 @@ async def test_record_does_not_touch_disk_and_flushes_on_rows_or_interval(tmp_pa
     await asyncio.sleep(0.2)
     assert _segments(tmp_path) == []  # below flush_rows and long before the interval
     rec.record("requests", request_row(9))
-    await _until(lambda: len(_segments(tmp_path)) == 1)
+    await until(lambda: len(_segments(tmp_path)) == 1)
     assert pq.read_metadata(_segments(tmp_path)[0]).num_rows == 10
     await rec.close()
 
     rec = Recorder(storage(tmp_path / "b", flush_interval_s=0.1, flush_rows=10_000))
     await rec.start()
     rec.record("responses", response_row(1))
-    await _until(lambda: len(_segments(tmp_path / "b")) == 1)
+    await until(lambda: len(_segments(tmp_path / "b")) == 1)
     await rec.close()
 
 
@@ -180,12 +172,12 @@ async def test_failed_writes_are_retried_until_the_disk_recovers(tmp_path):
     await rec.start()
     with capture_logs() as logs:
         rec.record("requests", request_row(1))
-        await _until(
+        await until(
             lambda: (reg.get_sample_value("shadoweval_recorder_flush_errors_total") or 0) >= 1
         )
     assert any(e["event"] == "segment write failed; rows kept for retry" for e in logs)
     blocker.unlink()
-    await _until(lambda: len(_segments(tmp_path)) == 1)
+    await until(lambda: len(_segments(tmp_path)) == 1)
     await rec.close()
     assert connect(tmp_path).execute("SELECT count(*) FROM requests").fetchone() == (1,)
     assert _dropped(reg, "requests", "write_failed") == 0

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from proxy.lake.reader import connect
 from proxy.lake.writer_process import ProcessRecorder
-from tests.proxy.lake.conftest import request_row, response_row, storage
+from tests.proxy.lake.conftest import request_row, response_row, storage, until
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -32,13 +32,6 @@ def _count(root: Path, dataset: str) -> int:
     row = connect(root).execute(f"SELECT count(*) FROM {dataset}").fetchone()
     assert row is not None
     return int(row[0])
-
-
-async def _until(cond, within_s: float = 30.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_rows_reach_the_lake_and_the_writers_counters_reach_metrics(tmp_path):
@@ -109,13 +102,13 @@ async def test_a_killed_writer_is_counted_and_replaced(tmp_path):
     for i in range(40):
         rec.record("requests", request_row(i))
     # Rows handed over, not yet written (the writer flushes every 30 s or at its end).
-    await _until(rec.handed_over)
+    await until(within_s=30, cond=rec.handed_over)
     await asyncio.sleep(0.7)  # a report arrived: the writer holds the 40 rows
     first = rec.writer_pid
     assert first is not None
     with capture_logs() as logs:
         os.kill(first, signal.SIGKILL)
-        await _until(lambda: rec.writer_pid not in (None, first))
+        await until(within_s=30, cond=lambda: rec.writer_pid not in (None, first))
     assert _dropped(reg, "requests", "writer_died") == 40
     assert any(e["event"] == "lake writer exited" and e["exitcode"] == -9 for e in logs)
     for i in range(40, 60):
@@ -130,7 +123,9 @@ async def test_the_writer_ignores_sigterm_and_sigint_and_ends_with_its_pipe(tmp_
     rec = ProcessRecorder(storage(tmp_path), registry=reg)
     await rec.start()
     rec.record("requests", request_row(1))
-    await _until(lambda: bool(rec.metrics.current))  # the writer is up and has reported
+    await until(
+        within_s=30, cond=lambda: bool(rec.metrics.current)
+    )  # the writer is up and has reported
     pid = rec.writer_pid
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
