@@ -53,6 +53,7 @@ log = structlog.get_logger("shadoweval.recorder")
 DROP_WARN_INTERVAL_S = 10.0
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CLOSE_ATTEMPTS = 3
+CATALOG_WAIT_S = 30.0
 # Fast to write on the request-serving host; compaction later rewrites segments as zstd.
 LIVE_COMPRESSION = "snappy"
 
@@ -154,6 +155,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._tasks = TaskSet("recorder")
         self._flusher: asyncio.Task[None] | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = False
@@ -174,7 +176,7 @@ class Recorder:
         if self._flusher is not None or self._closing:
             return
         self._flusher = self._tasks.spawn(self._run(), "flusher")
-        self._tasks.spawn(self._refresh_catalog(), "catalog")
+        self._catalog_task = self._tasks.spawn(self._refresh_catalog(), "catalog")
         if self._maintenance_interval_s:
             self._tasks.spawn(self._maintain(self._maintenance_interval_s), "maintenance")
 
@@ -330,6 +332,10 @@ class Recorder:
                 break
             await asyncio.sleep(RETRY_BACKOFF_S[attempt])
         self._give_up()
+        if self._catalog_task is not None:
+            # Cancelling would leave its thread writing catalog.duckdb after close() returned.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._catalog_task), CATALOG_WAIT_S)
         await self._tasks.cancel_all()
         self._executor.shutdown(wait=True)
         self._warn_drops()

@@ -1,7 +1,8 @@
 """The lake writer process: receives rows from the live process over a pipe, writes segments.
 
 Started by `proxy.lake.writer_process.ProcessRecorder` as
-`python -m proxy.lake.writer_child CONFIG_JSON ROWS_FD STATS_FD`. It runs an ordinary
+`python -m proxy.lake.writer_child ROWS_FD STATS_FD`; its settings are the first frame on
+ROWS_FD (storage, writer id, maintenance interval, logging). It runs an ordinary
 `Recorder` (buffering, flushing, retries, compaction, all as in-process), fed by frames read
 from ROWS_FD, and reports its counters on STATS_FD twice a second, so the live process can
 serve them on /metrics and bound what the two processes hold together.
@@ -11,8 +12,8 @@ Either way every row received is flushed first (a SIGKILL of the live process lo
 rows it had not yet sent). SIGINT and SIGTERM are ignored: a Ctrl-C or a SIGTERM sent to the
 whole process group must not cut the flush short; the live process decides when it ends.
 
-Frames, both ways: a 4-byte big-endian length, then a pickle. Live -> writer: a list of
-(dataset, row) pairs. Writer -> live: {"snapshot": ..., "done": bool}, where the snapshot maps
+Frames, both ways: a 4-byte big-endian length, then a pickle. Live -> writer: the settings,
+then lists of (dataset, row) pairs. Writer -> live: {"snapshot": ..., "done": bool}, where the snapshot maps
 each recorder metric family to (type, help, {(sample, labels): value}).
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import pickle
 import signal
@@ -85,7 +85,13 @@ async def open_pipes(rows_fd: int, stats_fd: int) -> tuple[asyncio.StreamReader,
     return reader, transport
 
 
-async def serve(config: dict[str, Any], rows_fd: int, stats_fd: int) -> None:
+async def serve(rows_fd: int, stats_fd: int) -> None:
+    reader, stats = await open_pipes(rows_fd, stats_fd)
+    config = await read_frame(reader)
+    from proxy.log import configure_logging
+
+    configure_logging(LoggingSettings.model_validate(config["logging"]))
+    structlog.contextvars.bind_contextvars(process="lake-writer")
     from proxy.lake.recorder import Recorder  # after logging is set up
 
     registry = CollectorRegistry()
@@ -95,7 +101,6 @@ async def serve(config: dict[str, Any], rows_fd: int, stats_fd: int) -> None:
         registry=registry,
         maintenance_interval_s=config["maintenance_interval_s"],
     )
-    reader, stats = await open_pipes(rows_fd, stats_fd)
     await recorder.start()
 
     async def report() -> None:
@@ -117,22 +122,22 @@ async def serve(config: dict[str, Any], rows_fd: int, stats_fd: int) -> None:
         reporter.cancel()
         await recorder.close()
         stats.write(frame({"snapshot": snapshot(registry), "done": True}))
+        # The last report must leave before the loop ends (a full pipe would keep it here).
+        for _ in range(1000):
+            if not stats.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.01)
         stats.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    config = json.loads(args[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(NICE)
-    from proxy.log import configure_logging
-
-    configure_logging(LoggingSettings.model_validate(config["logging"]))
-    structlog.contextvars.bind_contextvars(process="lake-writer")
     try:
-        asyncio.run(serve(config, int(args[1]), int(args[2])))
+        asyncio.run(serve(int(args[0]), int(args[1])))
     except Exception:
         log.exception("lake writer failed")
         raise SystemExit(1) from None

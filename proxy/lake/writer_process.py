@@ -16,7 +16,8 @@ reported over the pipe and served on this process's /metrics. More on failure:
   and a new writer is started; rows recorded meanwhile wait here, within the bound;
 - this process is SIGKILLed: the writer sees its pipe end, flushes what it received and
   exits, so only the last SEND_EVERY_S of rows is lost;
-- `close()` sends what is left, closes the pipe and waits for the writer's last report.
+- `close()` sends what is left, closes the pipe and waits for the writer's last report;
+  a writer that has not ended CLOSE_TIMEOUT_S later is killed and its rows counted.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import pickle
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,19 +41,22 @@ from prometheus_client.registry import Collector
 from proxy.config import LoggingSettings, StorageSettings
 from proxy.lake.recorder import DROP_WARN_INTERVAL_S, _Metrics
 from proxy.lake.schema import DATASETS
-from proxy.lake.writer import default_writer_id
+from proxy.lake.writer import check_writer_id, default_writer_id
 from proxy.lake.writer_child import BUFFERED, Snapshot, frame, read_frame, snapshot
 from proxy.tasks import TaskSet
 
 log = structlog.get_logger("shadoweval.recorder")
 
 SEND_EVERY_S = 0.05
-SEND_ROWS = 256
+SEND_ROWS = 256  # rows per frame
+SEND_FRAMES = 8  # frames per send at most: a backlog is worked off without stalling the loop
 # Rows in the kernel's pipe survive a SIGKILL of this process; rows in our buffer do not.
 PIPE_BYTES = 1 << 20
 WRITER_START_S = 30.0
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_S = 60.0  # a writer up this long was healthy: the next restart starts the backoff over
 CLOSE_RESTARTS = 3
+CLOSE_TIMEOUT_S = 60.0
 DROPPED = "shadoweval_recorder_dropped"
 WRITTEN = "shadoweval_recorder_rows_written"
 
@@ -121,25 +124,28 @@ class ProcessRecorder:
     ) -> None:
         self.storage = storage
         self.data_dir = storage.data_dir
-        self.writer_id = writer_id or storage.writer_id or default_writer_id("proxy")
-        self._config = json.dumps(
-            {
-                "storage": storage.model_dump(mode="json"),
-                "writer_id": self.writer_id,
-                "maintenance_interval_s": maintenance_interval_s,
-                "logging": (logging or LoggingSettings()).model_dump(mode="json"),
-            }
+        self.writer_id = check_writer_id(
+            writer_id or storage.writer_id or default_writer_id("proxy")
         )
+        # The writer's settings travel as its first frame (not argv: no size limit, not in ps).
+        self._config = {
+            "storage": storage.model_dump(mode="json"),
+            "writer_id": self.writer_id,
+            "maintenance_interval_s": maintenance_interval_s,
+            "logging": (logging or LoggingSettings()).model_dump(mode="json"),
+        }
         self._max = storage.buffer_max_rows
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
         self._sent: Counter[str] = Counter()  # rows given to the current writer, by dataset
         self._pipe: asyncio.WriteTransport | None = None
+        self._proc: asyncio.subprocess.Process | None = None
         self.writer_pid: int | None = None  # the running writer process, if any
         self._closing = self._closed = False
         self._tasks = TaskSet("lake-writer")
         self._supervisor: asyncio.Task[None] | None = None
         self._unwarned, self._last_warning = 0, float("-inf")
         self._up = asyncio.Event()  # set at the first report of the first writer
+        self._stop = asyncio.Event()  # set by close(): cuts a restart backoff short
         self.metrics = _WriterMetrics()
         (registry if registry is not None else CollectorRegistry()).register(self.metrics)
 
@@ -188,7 +194,7 @@ class ProcessRecorder:
         self._pending.append((dataset, row))
         self.metrics.held += 1
         if len(self._pending) >= SEND_ROWS:
-            self._send()
+            self._send(frames=1)
         return True
 
     def _drop(self, dataset: str, reason: str, n: int = 1) -> None:
@@ -200,23 +206,32 @@ class ProcessRecorder:
                         held=self.metrics.held, buffer_max_rows=self._max)  # fmt: skip
             self._unwarned, self._last_warning = 0, now
 
-    def _send(self) -> None:
-        """Hand every pending row to the writer (nothing happens while none is running)."""
-        if not self._pending or self._pipe is None or self._pipe.is_closing():
-            return
-        batch, self._pending = self._pending, []
-        try:
-            data = frame(batch)
-        except Exception:  # a value pickle cannot carry: drop that row only
-            data, batch = self._frame_one_by_one(batch)
-        self._pipe.write(data)
-        self._sent.update(dataset for dataset, _ in batch)
+    def _send(self, frames: int = SEND_FRAMES) -> None:
+        """Hand up to `frames` frames of pending rows to the writer; never raises.
 
-    def _frame_one_by_one(
-        self, batch: list[tuple[str, dict[str, Any]]]
+        Nothing happens while no writer runs: the rows wait here, within the bound.
+        """
+        pending = self._pending
+        for _ in range(frames):
+            pipe = self._pipe
+            if not pending or pipe is None or pipe.is_closing():
+                return
+            chunk = [pending.popleft() for _ in range(min(SEND_ROWS, len(pending)))]
+            data, kept = self._frame(chunk)
+            if data:
+                pipe.write(data)
+                self._sent.update(dataset for dataset, _ in kept)
+
+    def _frame(
+        self, chunk: list[tuple[str, dict[str, Any]]]
     ) -> tuple[bytes, list[tuple[str, dict[str, Any]]]]:
+        """The chunk as one frame; a row pickle cannot carry is dropped (counted) alone."""
+        try:
+            return frame(chunk), chunk
+        except Exception:
+            pass
         kept = []
-        for dataset, row in batch:
+        for dataset, row in chunk:
             try:
                 pickle.dumps(row)
             except Exception as exc:
@@ -225,7 +240,20 @@ class ProcessRecorder:
                 log.error("row not recordable", dataset=dataset, error=repr(exc))
             else:
                 kept.append((dataset, row))
-        return frame(kept), kept
+        try:
+            return (frame(kept) if kept else b""), kept
+        except Exception as exc:  # e.g. a frame over 4 GiB: never expected, still counted
+            for dataset, _ in kept:
+                self._drop(dataset, "invalid")
+            self.metrics.held -= len(kept)
+            log.error("rows not recordable", rows=len(kept), error=repr(exc))
+            return b"", []
+
+    async def _send_all(self) -> None:
+        """Send every pending row, yielding to the loop between batches of frames."""
+        while self._pending and self._pipe is not None and not self._pipe.is_closing():
+            self._send()
+            await asyncio.sleep(0)
 
     async def _send_every(self) -> None:
         while True:
@@ -234,20 +262,26 @@ class ProcessRecorder:
 
     async def _supervise(self) -> None:
         """Run a writer; when it dies, count what it held and start another."""
-        failures = 0
+        loop = asyncio.get_running_loop()
+        failures = restarts_closing = 0
         while True:
+            started = loop.time()
             clean = False
             try:
                 clean = await self._run_writer()
             except Exception as exc:
                 log.error("lake writer failed", error=f"{type(exc).__name__}: {exc}")
-            self._settle(clean)
-            if self._closing and (not self._pending or failures >= CLOSE_RESTARTS):
-                return
-            if clean and not self._closing:
+            self._settle()
+            if self._closing:
+                if clean or not self._pending or restarts_closing >= CLOSE_RESTARTS:
+                    return
+                restarts_closing += 1
+            if loop.time() - started >= STABLE_S:
                 failures = 0
             failures += 1
-            await asyncio.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1])
+            delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S)) - 1]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _run_writer(self) -> bool:
         """One writer process from start to exit; True when it ended with its last report."""
@@ -256,35 +290,36 @@ class ProcessRecorder:
         with contextlib.suppress(AttributeError, OSError):  # Linux: hold more in the kernel
             fcntl.fcntl(rows_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         stats_r, stats_w = os.pipe()
+        rows_file = os.fdopen(rows_w, "wb", buffering=0)
+        stats_file = os.fdopen(stats_r, "rb", buffering=0)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy.lake.writer_child",
-                self._config, str(rows_r), str(stats_w),
+                sys.executable, "-m", "proxy.lake.writer_child", str(rows_r), str(stats_w),
                 pass_fds=(rows_r, stats_w), stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C or a signal to our group is not for it
             )  # fmt: skip
         except BaseException:
-            os.close(rows_w)
-            os.close(stats_r)
+            rows_file.close()
+            stats_file.close()
             raise
         finally:
             os.close(rows_r)
             os.close(stats_w)
-        self.writer_pid = proc.pid
+        self._proc, self.writer_pid = proc, proc.pid
         log.info("lake writer started", pid=proc.pid, writer=self.writer_id)
-        reader = asyncio.StreamReader(limit=2**31)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(stats_r, "rb", buffering=0)
-        )
-        pipe, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(rows_w, "wb", buffering=0)
-        )
-        self._pipe = pipe
+        pipe: asyncio.WriteTransport | None = None
         done = False
         try:
-            self._send()
+            reader = asyncio.StreamReader(limit=2**31)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stats_file)
+            pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, rows_file)
+            pipe.write(frame(self._config))
+            self._pipe = pipe
             if self._closing:
+                await self._send_all()
                 pipe.close()
+            else:
+                self._send()
             while True:
                 try:
                     report = await read_frame(reader)
@@ -296,14 +331,18 @@ class ProcessRecorder:
                 self._count_held()
         finally:
             self._pipe = None
-            pipe.close()
+            if pipe is not None:
+                pipe.close()
+            else:
+                rows_file.close()
+                stats_file.close()
             code = await proc.wait()
-            self.writer_pid = None
+            self._proc = self.writer_pid = None
         if not done or code != 0:
             log.error("lake writer exited", exitcode=code, pid=proc.pid)
         return done and code == 0
 
-    def _settle(self, clean: bool) -> None:
+    def _settle(self) -> None:
         """A writer ended: rows it never confirmed are lost (or of unknown fate)."""
         lost = {name: n - int(self._released(name)) for name, n in self._sent.items()}
         for name, n in lost.items():
@@ -315,22 +354,36 @@ class ProcessRecorder:
         self.metrics.held = len(self._pending)
 
     async def close(self) -> None:
-        """Send every row, let the writer flush and exit; idempotent."""
+        """Send every row, let the writer flush and exit; idempotent.
+
+        A writer still running CLOSE_TIMEOUT_S later (a hung disk) is killed, and the rows
+        it had not confirmed are counted as `writer_died`.
+        """
         if not self._closing:
-            self._closing = True
-            self._closed = True
+            self._closing = self._closed = True
+            self._stop.set()
             if self._pipe is not None:
-                self._send()
-                self._pipe.close()
+                await self._send_all()
+                if self._pipe is not None:
+                    self._pipe.close()
             elif self._supervisor is None and self._pending:  # never started: a writer for these
                 self._supervisor = self._tasks.spawn(self._supervise(), "supervisor")
         if self._supervisor is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._supervisor)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._supervisor), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.error("lake writer did not end; killed", timeout_s=CLOSE_TIMEOUT_S)
+                if self._proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self._supervisor), 10.0)
+            except Exception:
+                pass
         for dataset, _ in self._pending:
             self._drop(dataset, "write_failed")
         if self._pending:
             log.error("rows lost: no lake writer could be run", rows=len(self._pending))
-        self._pending = []
+        self._pending.clear()
         self.metrics.held = 0
         await self._tasks.cancel_all()

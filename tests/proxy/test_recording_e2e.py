@@ -208,9 +208,18 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _alive(pid: int) -> bool:
+    """Running (an orphan nobody reaps stays a zombie: that is ended too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 async def _gone(pids: list[int], within_s: float) -> None:
     deadline = time.monotonic() + within_s
-    while any(os.path.exists(f"/proc/{p}") for p in pids):  # noqa: ASYNC240 - procfs, instant
+    while any(_alive(p) for p in pids):
         assert time.monotonic() < deadline, "the lake writer did not end"
         await asyncio.sleep(0.05)
 

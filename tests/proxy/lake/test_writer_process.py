@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
@@ -71,6 +72,38 @@ async def test_rows_wait_within_the_bound_until_a_writer_runs(tmp_path):
     assert _count(tmp_path, "requests") == 100
     assert not rec.record("requests", request_row(999))
     assert _dropped(reg, "requests", "closed") == 1
+
+
+def test_an_invalid_writer_id_is_refused_at_once(tmp_path):
+    with pytest.raises(ValueError, match="invalid writer id"):
+        ProcessRecorder(storage(tmp_path), writer_id="compact-x")
+
+
+async def test_a_backlog_reaches_the_writer_in_frames(tmp_path):
+    reg = CollectorRegistry()
+    rec = ProcessRecorder(storage(tmp_path), registry=reg)
+    for i in range(5000):  # waiting for the writer: more than one send's worth of frames
+        rec.record("requests", request_row(i))
+    await rec.start()
+    await until(within_s=30, cond=rec.handed_over)
+    await rec.close()
+    assert _count(tmp_path, "requests") == 5000
+
+
+async def test_close_after_a_writer_died_writes_what_waited_for_a_new_one(tmp_path):
+    reg = CollectorRegistry()
+    rec = ProcessRecorder(storage(tmp_path), registry=reg)
+    await rec.start()
+    first = rec.writer_pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    await until(within_s=30, cond=lambda: rec.writer_pid is None)
+    for i in range(5):  # recorded while no writer runs
+        rec.record("requests", request_row(i))
+    t0 = time.monotonic()
+    await rec.close()
+    assert time.monotonic() - t0 < 15
+    assert _count(tmp_path, "requests") == 5
 
 
 async def test_close_without_start_still_writes_every_row(tmp_path):
