@@ -130,8 +130,19 @@ async def serve(rows_fd: int, stats_fd: int) -> None:
         stats.close()
 
 
+def close_other_fds(keep: set[int]) -> None:
+    """Close every descriptor above stderr but `keep`: uvloop's spawn passes on every
+    inheritable one (a pipe of the proxy's held open here would outlive the proxy)."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    close_other_fds({int(args[0]), int(args[1])})
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):

@@ -222,3 +222,24 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (FileNotFoundError, IndexError):
         return "zombie"
+
+
+def test_the_writer_holds_no_descriptor_of_the_proxy_but_its_pipes(tmp_path):
+    """Under uvloop (the proxy's loop) a spawned child inherits every inheritable fd."""
+    import uvloop
+
+    async def main() -> tuple[str, set[str]]:
+        r, w = os.pipe()
+        os.set_inheritable(r, True)
+        ours = os.readlink(f"/proc/self/fd/{r}")
+        rec = ProcessRecorder(storage(tmp_path))
+        await rec.start()
+        pid = rec.writer_pid
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        await rec.close()
+        os.close(r)
+        os.close(w)
+        return ours, held
+
+    ours, held = uvloop.run(main())
+    assert ours not in held
