@@ -41,6 +41,8 @@ STATS_EVERY_S = 0.5
 # favours it when it wakes), yet the writer keeps about a quarter of a contended CPU: enough
 # for rows at the proxy's full rate (10-20 us a row).
 NICE = 5
+# Flushing what is left at the end may take this long (retries included) before we give up.
+CLOSE_LIMIT_S = 120.0
 # Metric families are cumulative counters and histograms, plus this gauge of rows held.
 BUFFERED = "shadoweval_recorder_buffered_rows"
 
@@ -120,7 +122,12 @@ async def serve(rows_fd: int, stats_fd: int) -> None:
                 recorder.record(dataset, row)
     finally:
         reporter.cancel()
-        await recorder.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(recorder.close()), CLOSE_LIMIT_S)
+        except TimeoutError:
+            # A hung disk: no one may be left to kill us (the proxy may be gone), so end here.
+            log.error("lake writer could not flush; exiting", waited_s=CLOSE_LIMIT_S)
+            os._exit(1)
         stats.write(frame({"snapshot": snapshot(registry), "done": True}))
         # The last report must leave before the loop ends (a full pipe would keep it here).
         for _ in range(1000):

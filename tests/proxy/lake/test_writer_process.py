@@ -243,3 +243,34 @@ def test_the_writer_holds_no_descriptor_of_the_proxy_but_its_pipes(tmp_path):
 
     ours, held = uvloop.run(main())
     assert ours not in held
+
+
+async def test_a_writer_that_cannot_flush_at_its_end_exits_by_itself(tmp_path, monkeypatch):
+    """A hung disk must not keep an orphaned writer alive forever."""
+    from proxy.lake import recorder as recorder_module
+    from proxy.lake import writer_child
+
+    async def hang(self) -> None:
+        await asyncio.Event().wait()
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise asyncio.CancelledError  # stands in for the process ending
+
+    monkeypatch.setattr(recorder_module.Recorder, "close", hang)
+    monkeypatch.setattr(writer_child, "CLOSE_LIMIT_S", 0.3)
+    monkeypatch.setattr(writer_child.os, "_exit", fake_exit)
+    rows_r, rows_w = os.pipe()
+    stats_r, stats_w = os.pipe()
+    config = {"storage": storage(tmp_path).model_dump(mode="json"), "writer_id": "hung",
+              "maintenance_interval_s": None, "logging": {"format": "json", "level": "error"}}  # fmt: skip
+    os.write(rows_w, writer_child.frame(config))
+    os.close(rows_w)  # the proxy is gone
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(writer_child.serve(rows_r, stats_w), 10)
+    finally:
+        os.close(stats_r)
+    assert exits == [1]
