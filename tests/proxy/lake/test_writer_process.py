@@ -260,6 +260,8 @@ async def test_a_writer_that_cannot_flush_at_its_end_exits_by_itself(tmp_path, m
         raise asyncio.CancelledError  # stands in for the process ending
 
     monkeypatch.setattr(recorder_module.Recorder, "close", hang)
+    # serve() sets up the writer's logging, which would stay set for the tests after this.
+    monkeypatch.setattr("proxy.log.configure_logging", lambda *a, **k: None)
     monkeypatch.setattr(writer_child, "CLOSE_LIMIT_S", 0.3)
     monkeypatch.setattr(writer_child.os, "_exit", fake_exit)
     rows_r, rows_w = os.pipe()
