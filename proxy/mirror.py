@@ -30,6 +30,7 @@ from proxy.budget import CandidateBudget, recorded_spend
 from proxy.config import CandidateSettings, Settings
 from proxy.lake.rows import OMIT_KEY
 from proxy.metrics import LATENCY_BUCKETS
+from proxy.model_transport import candidate_pool
 from proxy.modelclient import CallOutcome, ModelClient
 from proxy.tasks import TaskSet
 from proxy.upstream import UpstreamPool
@@ -190,13 +191,7 @@ class Mirror:
                 c = lane.candidate
                 # One lean keep-alive pool per candidate (the live path's own HTTP client):
                 # a shadow call costs a fraction of what it costs through aiohttp's client.
-                pool = UpstreamPool(
-                    c.base_url,
-                    limit=c.max_concurrency,
-                    connect_timeout=c.timeout_s,
-                    read_timeout=c.timeout_s,
-                    total_timeout=c.timeout_s,
-                )
+                pool = candidate_pool(c)
                 self._pools.append(pool)
                 lane.client = ModelClient(pool, c)
                 for i in range(c.max_concurrency):

@@ -14,10 +14,23 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
+from proxy.config import CandidateSettings
 from proxy.upstream import UpstreamPool, UpstreamResponse
 
 # Set by the pool itself; a candidate's configured headers cannot override them.
 _POOL_OWNED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def candidate_pool(c: CandidateSettings) -> UpstreamPool:
+    """A candidate's own keep-alive pool: as many connections as calls it may have in flight,
+    every wait bounded by its timeout."""
+    return UpstreamPool(
+        c.base_url,
+        limit=c.max_concurrency,
+        connect_timeout=c.timeout_s,
+        read_timeout=c.timeout_s,
+        total_timeout=c.timeout_s,
+    )
 
 
 class Answer(Protocol):

@@ -78,6 +78,21 @@ def chat_chunk(
     }
 
 
+async def hop_by_hop_answer(request: web.Request) -> web.StreamResponse:
+    """A production answer carrying hop-by-hop headers (and one its Connection header names)
+    beside end-to-end ones, a repeated header included."""
+    resp = web.Response(body=b"{}", content_type="application/json")
+    resp.headers["Connection"] = "X-Hop-Only"
+    resp.headers["X-Hop-Only"] = "1"
+    resp.headers["Keep-Alive"] = "timeout=5"
+    resp.headers["Proxy-Authenticate"] = "Basic"
+    resp.headers["Trailer"] = "X-Checksum"
+    resp.headers["X-End-To-End"] = "2"
+    resp.headers.add("Set-Cookie", "a=1")
+    resp.headers.add("Set-Cookie", "b=2")
+    return resp
+
+
 def stalled_stream(text: str) -> Handler:
     """A production handler that starts a stream, sends one chunk of `text`, then stalls."""
 

@@ -13,7 +13,13 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.ids import id_time_ms
-from tests.proxy.conftest import CHAT_TEXT, FakeUpstream, ProxyFactory, RunningProxy
+from tests.proxy.conftest import (
+    CHAT_TEXT,
+    FakeUpstream,
+    ProxyFactory,
+    RunningProxy,
+    hop_by_hop_answer,
+)
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 
@@ -309,18 +315,7 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(
 async def test_hop_by_hop_response_headers_are_not_relayed(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        resp = web.Response(body=b"{}", content_type="application/json")
-        resp.headers["Connection"] = "X-Hop-Only"
-        resp.headers["X-Hop-Only"] = "1"
-        resp.headers["Proxy-Authenticate"] = "Basic"
-        resp.headers["Trailer"] = "X-Checksum"
-        resp.headers["X-End-To-End"] = "2"
-        resp.headers.add("Set-Cookie", "a=1")
-        resp.headers.add("Set-Cookie", "b=2")
-        return resp
-
-    upstream.handlers[("GET", "/v1/models")] = answer
+    upstream.handlers[("GET", "/v1/models")] = hop_by_hop_answer
     async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/models") as r:
         assert r.status == 200
         assert "X-Hop-Only" not in r.headers

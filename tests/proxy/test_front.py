@@ -32,6 +32,7 @@ from tests.proxy.conftest import (
     ProxyFactory,
     RunningProxy,
     chat_chunk,
+    hop_by_hop_answer,
     sse,
     stalled_stream,
 )
@@ -662,19 +663,7 @@ async def test_hop_by_hop_headers_stay_and_end_to_end_ones_pass(
     """Production's hop-by-hop headers (and those its Connection header names) are not
     relayed; its own end-to-end headers pass in order, repeats kept."""
 
-    async def answer(request: web.Request) -> web.StreamResponse:
-        resp = web.Response(body=b"{}", content_type="application/json")
-        resp.headers["Connection"] = "X-Hop-Only"
-        resp.headers["X-Hop-Only"] = "1"
-        resp.headers["Keep-Alive"] = "timeout=5"
-        resp.headers["Proxy-Authenticate"] = "Basic"
-        resp.headers["Trailer"] = "X-Checksum"
-        resp.headers["X-End-To-End"] = "2"
-        resp.headers.add("Set-Cookie", "a=1")
-        resp.headers.add("Set-Cookie", "b=2")
-        return resp
-
-    upstream.handlers[("GET", "/v1/models")] = answer
+    upstream.handlers[("GET", "/v1/models")] = hop_by_hop_answer
     reply = await exchange(proxy, build("GET", "/v1/models"))
     assert reply.status == 200 and reply.body == b"{}"
     names = {name.lower() for name, _ in reply.headers}

@@ -12,6 +12,7 @@ import pytest
 
 from proxy.config import CandidateSettings
 from proxy.lake.schema import RESPONSES
+from proxy.model_transport import candidate_pool
 from proxy.modelclient import CallOutcome, ModelClient, merge
 from proxy.upstream import UpstreamPool
 from tests.proxy.fake_candidate import ANSWER, ANSWER_PIECES, FakeCandidate, refused_url
@@ -58,13 +59,7 @@ async def client_for(request: pytest.FixtureRequest) -> AsyncIterator[Maker]:
         def make(cand: CandidateSettings) -> ModelClient:
             if request.param == "aiohttp":
                 return ModelClient(session, cand)
-            pool = UpstreamPool(
-                cand.base_url,
-                limit=cand.max_concurrency,
-                connect_timeout=cand.timeout_s,
-                read_timeout=cand.timeout_s,
-                total_timeout=cand.timeout_s,
-            )
+            pool = candidate_pool(cand)
             pools.append(pool)
             return ModelClient(pool, cand)
 
