@@ -9,11 +9,12 @@ paths, so the number of series stays bounded whatever clients send.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from proxy.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 # Seconds; LLM calls range from tens of milliseconds (embeddings) to minutes (long streams).
 LATENCY_BUCKETS = (
@@ -22,67 +23,64 @@ LATENCY_BUCKETS = (
 
 
 class ProxyMetrics:
-    """Requests by route and status, latency histograms, requests in flight."""
+    """Requests by route and status, latency histograms, requests in flight.
+
+    Updated on every request, so they are the lock-free instruments of `proxy.loop_metrics`:
+    call them from the event loop's thread only (every request handler runs there).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         """Register the metrics on `registry` (one registry per app)."""
         self.registry = registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "shadoweval_http_requests",
             "Requests answered by the proxy, by route pattern and HTTP status.",
             ["route", "status"],
-            registry=registry,
+            registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "shadoweval_http_request_duration_seconds",
             "Time from receiving a request to the end of its response, by route pattern.",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = LoopHistogram(
             "shadoweval_upstream_response_seconds",
             "Time from sending a request to production to its response headers, by route.",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = LoopCounter(
             "shadoweval_upstream_errors",
             "Production calls that failed in the proxy (connect, timeout, invalid, dropped).",
             ["kind"],
-            registry=registry,
+            registry,
         )
-        self.in_flight = Gauge(
+        self.in_flight = LoopGauge(
             "shadoweval_http_requests_in_flight",
             "Requests the proxy is handling right now.",
-            registry=registry,
+            registry,
         )
-
-        # Label children, bound once: `.labels()` costs microseconds a call. Labels are
-        # route patterns, HTTP statuses and error kinds, so this stays small.
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-    def _bound(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, looked up once per distinct label set."""
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        # Label tuples are route patterns, HTTP statuses and error kinds: a bounded set.
+        self._statuses: dict[int, str] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
-        self._bound(self.requests, route, str(status)).inc()
-        self._bound(self.latency, route).observe(seconds)
+        code = self._statuses.get(status)
+        if code is None:
+            code = self._statuses[status] = str(status)
+        self.requests.inc((route, code))
+        self.latency.observe((route,), seconds)
 
     def observe_upstream(self, route: str, seconds: float) -> None:
         """Time from sending a request to production to its response headers."""
-        self._bound(self.upstream_latency, route).observe(seconds)
+        self.upstream_latency.observe((route,), seconds)
 
     def upstream_error(self, kind: str) -> None:
         """Count one production call that failed in the proxy."""
-        self._bound(self.upstream_errors, kind).inc()
+        self.upstream_errors.inc((kind,))
 
 
 def metrics_handler(

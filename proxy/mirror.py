@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 from proxy.budget import CandidateBudget, recorded_spend
 from proxy.config import CandidateSettings, Settings
 from proxy.lake.rows import OMIT_KEY
+from proxy.loop_metrics import LoopCounter, LoopHistogram
 from proxy.metrics import LATENCY_BUCKETS
 from proxy.model_transport import candidate_pool
 from proxy.modelclient import CallOutcome, ModelClient
@@ -61,39 +62,40 @@ class MirrorMetrics:
     """Per-candidate shadow-call metrics, registered on the app's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.calls = Counter(
+        # Updated on every shadow call, from the event loop only: lock-free instruments.
+        self.calls = LoopCounter(
             "shadoweval_mirror_calls",
             "Shadow calls made to a candidate (finished or failed), by candidate.",
             ["candidate"],
-            registry=registry,
+            registry,
         )
-        self.skipped = Counter(
+        self.skipped = LoopCounter(
             "shadoweval_mirror_skipped",
             "Shadow calls not made, by candidate and reason "
             "(queue_full, rate_limit, daily_budget, closed, shutdown).",
             ["candidate", "reason"],
-            registry=registry,
+            registry,
         )
-        self.errors = Counter(
+        self.errors = LoopCounter(
             "shadoweval_mirror_errors",
             "Shadow calls that failed, by candidate and kind "
             "(timeout, connect, http, invalid, dropped).",
             ["candidate", "kind"],
-            registry=registry,
+            registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "shadoweval_mirror_latency_seconds",
             "Duration of successful shadow calls, by candidate.",
             ["candidate"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "shadoweval_mirror_ttft_seconds",
             "Time to the first streamed byte of successful streaming shadow calls, by candidate.",
             ["candidate"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
+            registry,
         )
         self.in_flight = Gauge(
             "shadoweval_mirror_in_flight",
@@ -128,11 +130,11 @@ class _Lane:
         self.queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self.in_flight = 0
         self.client: ModelClient | None = None
-        self.calls = metrics.calls.labels(self.name)
-        self.latency = metrics.latency.labels(self.name)
-        self.ttft = metrics.ttft.labels(self.name)
-        self._skipped = metrics.skipped
-        self._errors = metrics.errors
+        self._key = (self.name,)
+        self._metrics = metrics
+        metrics.calls.touch(self._key)
+        metrics.latency.touch(self._key)
+        metrics.ttft.touch(self._key)
         metrics.in_flight.labels(self.name).set_function(lambda: self.in_flight)
         metrics.queue_depth.labels(self.name).set_function(self.queue.qsize)
         metrics.spend.labels(self.name).set_function(budget.spend.spent_today)
@@ -143,11 +145,23 @@ class _Lane:
 
     def skipped(self, reason: str) -> None:
         """Count a call that was not made."""
-        self._skipped.labels(self.name, reason).inc()
+        self._metrics.skipped.inc((self.name, reason))
 
     def error(self, kind: str) -> None:
         """Count a call that failed."""
-        self._errors.labels(self.name, kind).inc()
+        self._metrics.errors.inc((self.name, kind))
+
+    def made(self, outcome: CallOutcome) -> None:
+        """Count a call that was made, and time it when it succeeded."""
+        metrics, key = self._metrics, self._key
+        metrics.calls.inc(key)
+        if outcome.error is None:
+            if outcome.latency_ms is not None:
+                metrics.latency.observe(key, outcome.latency_ms / 1000.0)
+            if outcome.ttft_ms is not None:
+                metrics.ttft.observe(key, outcome.ttft_ms / 1000.0)
+        else:
+            self.error(outcome.error)
 
 
 class Mirror:
@@ -308,14 +322,7 @@ class Mirror:
         cost = lane.client.cost_usd(outcome)
         if cost:
             lane.budget.spend.add(cost, day=outcome.started_at.date())
-        lane.calls.inc()
-        if outcome.error is None:
-            if outcome.latency_ms is not None:
-                lane.latency.observe(outcome.latency_ms / 1000.0)
-            if outcome.ttft_ms is not None:
-                lane.ttft.observe(outcome.ttft_ms / 1000.0)
-        else:
-            lane.error(outcome.error)
+        lane.made(outcome)
         self._record(lane, job, outcome, cost)
 
     async def close(self, grace_s: float) -> None:
