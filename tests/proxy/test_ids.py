@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 from proxy.ids import _ALPHABET, id_time_ms, is_acceptable_client_id, new_id
 
@@ -34,3 +35,20 @@ def test_client_ids_are_accepted_only_when_harmless() -> None:
     assert not is_acceptable_client_id("has space")
     assert not is_acceptable_client_id("../etc/passwd")
     assert not is_acceptable_client_id("x" * 200)
+
+
+def test_the_id_is_the_ulid_spelling_of_its_time_and_random_bits() -> None:
+    for ms in (0, 1, 1_700_000_000_123, 2**48 - 1):
+        value = 0
+        for c in new_id(ms):
+            value = value * 32 + _ALPHABET.index(c)
+        assert value >> 128 == 0  # 26 characters carry 130 bits; the top two are zero
+        assert value >> 80 == ms
+
+
+def test_every_random_character_is_equally_likely() -> None:
+    from scipy.stats import chisquare
+
+    counts = Counter("".join(new_id(0)[10:] for _ in range(20_000)))  # 320,000 characters
+    assert set(counts) == set(_ALPHABET)
+    assert chisquare([counts[c] for c in _ALPHABET]).pvalue > 1e-4
