@@ -18,6 +18,7 @@ from aiohttp import web
 from proxy.errors import ProxyHTTPError, error_response, not_found
 from proxy.forward import Exchange
 from proxy.ids import REQUEST_ID_HEADER, request_id_for
+from proxy.log import CURRENT_REQUEST_ID
 from proxy.metrics import ProxyMetrics
 
 log = structlog.get_logger("shadoweval.proxy")
@@ -63,7 +64,7 @@ def make_edge_middleware(
         t0 = time.perf_counter()
         status = 500
         metrics.in_flight.inc()
-        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        token = CURRENT_REQUEST_ID.set(rid)
         try:
             response = await handler(request)
             status = response.status
@@ -104,7 +105,7 @@ def make_edge_middleware(
                     )
             finally:
                 # Unbound after the access line, which carries the id too.
-                structlog.contextvars.reset_contextvars(**tokens)
+                CURRENT_REQUEST_ID.reset(token)
 
     return edge
 

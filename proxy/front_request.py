@@ -21,6 +21,7 @@ from multidict import CIMultiDictProxy
 from proxy.errors import ProxyHTTPError
 from proxy.forward import Exchange, Incoming
 from proxy.front_answer import Connection, LeanAnswer, error_bytes
+from proxy.log import CURRENT_REQUEST_ID
 from proxy.v1 import v1_route_label
 
 if TYPE_CHECKING:
@@ -58,11 +59,11 @@ def count(
 
 def count_unserved(front: Front, method: str, target: str, rid: str, status: int) -> None:
     """A request answered or dropped before it ran (413, or 499 at shutdown)."""
-    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    token = CURRENT_REQUEST_ID.set(rid)
     try:
         count(front, method, target.partition("?")[0], status, None)
     finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+        CURRENT_REQUEST_ID.reset(token)
 
 
 async def serve_request(
@@ -84,7 +85,7 @@ async def serve_request(
     status = 500
     err: ProxyHTTPError | None = None
     front.metrics.in_flight.inc()
-    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    token = CURRENT_REQUEST_ID.set(rid)
     try:
         incoming = Incoming(method, path, target, headers, rid)
         label = v1_route_label(method, path)
@@ -104,7 +105,7 @@ async def serve_request(
         try:
             count(front, method, path, status, time.perf_counter() - t0, exchange.upstream_ms)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            CURRENT_REQUEST_ID.reset(token)
     if answer.started or err is None:
         return False  # half an answer is out: only closing can tell the client
     write_error(conn, err, rid, keep=keep)

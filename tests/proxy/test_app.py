@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import LIFECYCLE, create_app
 from proxy.config import LoggingSettings
 from proxy.health import Lifecycle
-from proxy.log import configure_logging
+from proxy.log import CURRENT_REQUEST_ID, configure_logging
 from tests.proxy.conftest import FakeUpstream, ProxyFactory, RunningProxy, make_settings
 
 
@@ -178,6 +178,33 @@ async def test_access_log_can_be_turned_off(
     async with aiohttp.ClientSession() as s, s.get(proxy.base_url + "/models") as r:
         assert r.status == 200
     assert '"access"' not in log_stream.getvalue()
+
+
+async def test_lines_logged_while_a_request_runs_carry_its_id(log_stream: io.StringIO) -> None:
+    """Any line, ours or a library's, in the request's task or one it started; none after."""
+
+    async def child() -> None:
+        await asyncio.sleep(0)
+        structlog.get_logger("t").warning("child")
+
+    async def handle(rid: str) -> None:
+        token = CURRENT_REQUEST_ID.set(rid)
+        try:
+            structlog.get_logger("t").warning("inside", n=1)
+            logging.getLogger("aiohttp.client").warning("library line")
+            await asyncio.create_task(child())
+            structlog.get_logger("t").warning("named", request_id="explicit")
+        finally:
+            CURRENT_REQUEST_ID.reset(token)
+
+    await asyncio.gather(handle("req-a"), handle("req-b"))
+    structlog.get_logger("t").warning("outside")
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    ids = [(line["event"], line.get("request_id")) for line in lines]
+    for rid in ("req-a", "req-b"):
+        assert ("inside", rid) in ids and ("library line", rid) in ids and ("child", rid) in ids
+    assert ids.count(("named", "explicit")) == 2  # a line that names an id keeps its own
+    assert ("outside", None) in ids
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
