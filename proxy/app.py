@@ -68,6 +68,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def _aiohttp_handler(app: web.Application) -> Handler:
     """The handler for /v1 requests that reach aiohttp's server: read, then the shared path."""
     limit = app[SETTINGS].server.body_limit_bytes
+    write_timeout_s = app[SETTINGS].server.client_write_timeout_s
 
     async def handle(request: web.Request) -> web.StreamResponse:
         """Relay one request to production; record it when its route is recorded."""
@@ -78,7 +79,7 @@ def _aiohttp_handler(app: web.Application) -> Handler:
         incoming = Incoming(
             request.method, request.path, request.raw_path, request.headers, request[REQUEST_ID]
         )
-        answer = AiohttpAnswer(request)
+        answer = AiohttpAnswer(request, write_timeout_s)
         await app[SERVICE].relay(
             incoming, body, received_at, exchange, answer, route_label(request)
         )

@@ -40,6 +40,9 @@ class ServerSettings(_Model):
     shutdown_grace_s: float = Field(30.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
     access_log: bool = True
+    # A client that takes none of its answer for this long is disconnected, and production's
+    # answer is let go (proxy/stall.py). A client that reads slowly is not.
+    client_write_timeout_s: float = Field(60.0, gt=0)
     # Serve /v1 requests with the proxy's own HTTP/1.1 front (proxy/front.py); false serves
     # every request through aiohttp's server, as before the front existed.
     lean_front: bool = True

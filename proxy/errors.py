@@ -31,6 +31,11 @@ class InputError(ShadowevalError):
     """User input (a label file, a query, an argument) is rejected; the message says why."""
 
 
+class ClientStalled(ConnectionResetError):
+    """The client stopped reading its answer for `server.client_write_timeout_s`: the
+    proxy closed the connection (and so stopped reading production's answer)."""
+
+
 class ProxyHTTPError(ShadowevalError):
     """An error the proxy itself answers with (not one relayed from an upstream)."""
 

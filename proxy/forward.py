@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,11 +23,13 @@ from multidict import CIMultiDictProxy
 
 from proxy.config import ProductionSettings
 from proxy.errors import (
+    ClientStalled,
     ProxyHTTPError,
     describe_exception,
     upstream_timeout,
     upstream_unreachable,
 )
+from proxy.stall import StallWatch, stalled_error
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 
 # RFC 9110 §7.6.1 plus the legacy names proxies still meet in practice.
@@ -153,14 +155,44 @@ class _WholeAnswer(web.StreamResponse):
     _send_headers_immediately = False
 
 
+def client_gone(exc: ConnectionError) -> str:
+    """The `error_detail` of an answer the client did not take to its end."""
+    return "client stopped reading" if isinstance(exc, ClientStalled) else "client disconnected"
+
+
 class AiohttpAnswer:
-    """A relayed answer written through aiohttp's server (`response` is the handler's result)."""
+    """A relayed answer written through aiohttp's server (`response` is the handler's result).
 
-    __slots__ = ("_request", "response")
+    A write during which the client takes nothing for `write_timeout_s` closes the
+    connection and raises ClientStalled (`proxy.stall`).
+    """
 
-    def __init__(self, request: web.Request) -> None:
+    __slots__ = ("_request", "_write_timeout_s", "response")
+
+    def __init__(self, request: web.Request, write_timeout_s: float) -> None:
         self._request = request
+        self._write_timeout_s = write_timeout_s
         self.response: web.StreamResponse | None = None
+
+    async def _bounded(self, write: Awaitable[object]) -> None:
+        """Await one of aiohttp's writes; a client that takes nothing meanwhile is cut off."""
+        transport = self._request.transport
+        if transport is None:  # gone already: aiohttp raises
+            await write
+            return
+        watch = StallWatch(transport, self._write_timeout_s, transport.abort)
+        try:
+            await write
+        except (ConnectionError, asyncio.CancelledError):
+            if not watch.stalled:
+                raise
+            # Our abort is why aiohttp failed the write or cancelled the handler.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+            raise stalled_error(self._write_timeout_s) from None
+        finally:
+            watch.cancel()
 
     async def start(
         self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
@@ -168,17 +200,17 @@ class AiohttpAnswer:
         """Prepare the response; an answer that arrived whole leaves in one write."""
         kind = _WholeAnswer if whole else web.StreamResponse
         self.response = kind(status=status, reason=reason, headers=headers)
-        await self.response.prepare(self._request)
+        await self._bounded(self.response.prepare(self._request))
 
     async def write(self, chunk: bytes) -> None:
         """One body chunk."""
         assert self.response is not None
-        await self.response.write(chunk)
+        await self._bounded(self.response.write(chunk))
 
     async def end(self) -> None:
         """The last chunk, and the connection back to keep-alive."""
         assert self.response is not None
-        await self.response.write_eof()
+        await self._bounded(self.response.write_eof())
 
     def abort(self) -> None:
         """Close the client's connection: a cut-off answer must never look complete."""
@@ -278,8 +310,8 @@ class Forwarder:
                     response_headers(upstream.headers),
                     upstream.body_complete,
                 )
-            except ConnectionError:
-                exchange.fail("dropped", "client disconnected")
+            except ConnectionError as exc:
+                exchange.fail("dropped", client_gone(exc))
                 return
             clean = await self._pump(upstream, answer, exchange, on_chunk)
         except BaseException:
@@ -315,14 +347,14 @@ class Forwarder:
                 exchange.ttft_ms = exchange.elapsed_ms()
             try:
                 await answer.write(chunk)
-            except ConnectionError:
-                exchange.fail("dropped", "client disconnected")
+            except ConnectionError as exc:
+                exchange.fail("dropped", client_gone(exc))
                 return False
             if on_chunk is not None:
                 on_chunk(chunk)
         exchange.latency_ms = exchange.elapsed_ms()
         try:
             await answer.end()
-        except ConnectionError:
-            exchange.fail("dropped", "client disconnected")
+        except ConnectionError as exc:
+            exchange.fail("dropped", client_gone(exc))
         return True

@@ -32,6 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.errors import body_too_large
 from proxy.front_request import count_unserved, serve_request, write_error
 from proxy.ids import REQUEST_ID_HEADER, request_id_for
+from proxy.stall import StallWatch, stalled_error
 
 if TYPE_CHECKING:
     from proxy.front_site import Front
@@ -87,6 +88,7 @@ class FrontProtocol(asyncio.Protocol):
         self._write_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._closed = False
+        self._stalled_out = False  # closed because the client stopped reading
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -116,7 +118,7 @@ class FrontProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._front.connections.discard(self)
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and not self._stalled_out:
             self._task.cancel()  # the client went away: stop relaying (recorded as dropped)
         self._wake_writer()
 
@@ -137,12 +139,25 @@ class FrontProtocol(asyncio.Protocol):
     async def drained(self) -> None:
         if self._write_paused and not self._closed:
             self._write_waiter = asyncio.get_running_loop().create_future()
+            assert self._transport is not None
+            watch = StallWatch(self._transport, self._front.write_timeout_s, self._stalled)
             try:
                 await self._write_waiter
             finally:
+                watch.cancel()
                 self._write_waiter = None
         if self._closed:
+            if self._stalled_out:
+                raise stalled_error(self._front.write_timeout_s)
             raise ConnectionResetError("client connection closed")
+
+    def _stalled(self) -> None:
+        """The client took nothing for `client_write_timeout_s`: give up on it."""
+        log.warning("client stopped reading: connection closed",
+                    waited_s=self._front.write_timeout_s)  # fmt: skip
+        self._stalled_out = True  # the request's task wakes up to ClientStalled, not cancelled
+        self._wake_writer()
+        self.kill()
 
     def abort(self) -> None:
         if self._transport is not None and not self._closed:

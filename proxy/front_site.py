@@ -38,12 +38,15 @@ class Front:
         service: V1Service,
         metrics: ProxyMetrics,
         access_log: bool,
+        *,
+        write_timeout_s: float,
     ) -> None:
         self.app = app
         self.aiohttp_server = aiohttp_server
         self.service = service
         self.metrics = metrics
         self.access_log = access_log
+        self.write_timeout_s = write_timeout_s  # see server.client_write_timeout_s
         self.body_limit = service.body_limit
         self.tasks = TaskSet("front")
         self.connections: set[FrontProtocol] = set()

@@ -85,7 +85,14 @@ async def start_site(
     site: web.BaseSite
     if settings.server.lean_front:
         assert runner.server is not None
-        front = Front(app, runner.server, app[SERVICE], app[METRICS], settings.server.access_log)
+        front = Front(
+            app,
+            runner.server,
+            app[SERVICE],
+            app[METRICS],
+            settings.server.access_log,
+            write_timeout_s=settings.server.client_write_timeout_s,
+        )
         site = FrontSite(
             runner,
             front,
