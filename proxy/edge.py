@@ -68,6 +68,9 @@ def make_edge_middleware(
         try:
             response = await handler(request)
             status = response.status
+            exchange = request.get(EXCHANGE)
+            if exchange is not None and exchange.error == "dropped":
+                status = 499  # the client did not take its answer to the end
             return response
         except ProxyHTTPError as exc:
             status = exc.status

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import structlog
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -31,6 +32,8 @@ from proxy.errors import (
 )
 from proxy.stall import StallWatch, stalled_error
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+
+log = structlog.get_logger("shadoweval.proxy")
 
 # RFC 9110 §7.6.1 plus the legacy names proxies still meet in practice.
 HOP_BY_HOP = frozenset(
@@ -155,6 +158,12 @@ class _WholeAnswer(web.StreamResponse):
     _send_headers_immediately = False
 
 
+def _cut_off(transport: asyncio.Transport) -> None:
+    """A client of aiohttp's server that stopped reading: close at once, unsent bytes and all."""
+    log.warning("client stopped reading: connection closed")
+    transport.abort()
+
+
 def client_gone(exc: ConnectionError) -> str:
     """The `error_detail` of an answer the client did not take to its end."""
     return "client stopped reading" if isinstance(exc, ClientStalled) else "client disconnected"
@@ -180,7 +189,7 @@ class AiohttpAnswer:
         if transport is None:  # gone already: aiohttp raises
             await write
             return
-        watch = StallWatch(transport, self._write_timeout_s, transport.abort)
+        watch = StallWatch(transport, self._write_timeout_s, lambda: _cut_off(transport))
         try:
             await write
         except (ConnectionError, asyncio.CancelledError):
@@ -193,6 +202,8 @@ class AiohttpAnswer:
             raise stalled_error(self._write_timeout_s) from None
         finally:
             watch.cancel()
+        if watch.stalled:  # cut off, though the write itself returned
+            raise stalled_error(self._write_timeout_s)
 
     async def start(
         self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool

@@ -22,9 +22,9 @@ _TO_CHAR = bytes(ord(_ALPHABET[b & 31]) for b in range(256))
 _RANDOM_BYTES = 4096
 _random = b""
 _offset = _RANDOM_BYTES
-# The time part changes once a millisecond: the last one is kept.
-_last_ms = -1
-_last_time_part = ""
+# The time part changes once a millisecond: the last one is kept, with its millisecond in one
+# tuple (read and replaced whole, so a thread never pairs one's millisecond with another's).
+_last_time: tuple[int, str] = (-1, "")
 
 
 def _reset_random() -> None:
@@ -46,12 +46,14 @@ def _random_part() -> str:
 
 def _time_part(ms: int) -> str:
     """48 bits of milliseconds as 10 characters, most significant first."""
-    global _last_ms, _last_time_part
-    if ms != _last_ms:
-        ms &= 0xFFFF_FFFF_FFFF
-        _last_time_part = "".join([_ALPHABET[(ms >> shift) & 31] for shift in range(45, -1, -5)])
-        _last_ms = ms
-    return _last_time_part
+    global _last_time
+    last = _last_time
+    if last[0] == ms:
+        return last[1]
+    low = ms & 0xFFFF_FFFF_FFFF
+    part = "".join([_ALPHABET[(low >> shift) & 31] for shift in range(45, -1, -5)])
+    _last_time = (ms, part)
+    return part
 
 
 def new_id(now_ms: int | None = None) -> str:

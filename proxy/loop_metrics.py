@@ -14,14 +14,26 @@ from another thread reads a count that may be one update behind, never a torn on
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, metrics
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+
+def _created_series() -> bool:
+    """Whether `_created` samples are exported (prometheus_client's own switch for them:
+    PROMETHEUS_DISABLE_CREATED_SERIES or `disable_created_metrics()`)."""
+    return bool(getattr(metrics, "_use_created", True))
+
+
+def _named(labelnames: tuple[str, ...], labels: tuple[str, ...]) -> dict[str, str]:
+    """Label names to values; values are str()-ed as prometheus_client does."""
+    return {name: str(value) for name, value in zip(labelnames, labels, strict=True)}
 
 
 class LoopCounter(Collector):
@@ -37,6 +49,8 @@ class LoopCounter(Collector):
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         """Add `amount` to the series of `labels` (one value per label name, in order)."""
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
         try:
             self.values[labels] += amount
         except KeyError:
@@ -59,10 +73,12 @@ class LoopCounter(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metric = Metric(self.name, self.documentation, "counter")
+        created = _created_series()
         for labels, value in list(self.values.items()):
-            named = dict(zip(self.labelnames, labels, strict=True))
+            named = _named(self.labelnames, labels)
             metric.add_sample(self.name + "_total", named, value)
-            metric.add_sample(self.name + "_created", named, self._created[labels])
+            if created:
+                metric.add_sample(self.name + "_created", named, self._created[labels])
         yield metric
 
 
@@ -92,6 +108,8 @@ class LoopHistogram(Collector):
             raise ValueError(f"{name}: buckets must be a non-empty ascending sequence")
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self._bounds = [float(b) for b in buckets]
+        if self._bounds[-1] != math.inf:
+            self._bounds.append(math.inf)  # the +Inf bucket, as prometheus_client adds it
         self.series: dict[tuple[str, ...], _Series] = {}
         registry.register(self)
 
@@ -110,7 +128,7 @@ class LoopHistogram(Collector):
         if series is None:
             if len(labels) != len(self.labelnames):
                 raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {labels!r}")
-            series = self.series[labels] = _Series(len(self._bounds) + 1)
+            series = self.series[labels] = _Series(len(self._bounds))
         return series
 
     def describe(self) -> Iterator[Metric]:
@@ -118,17 +136,21 @@ class LoopHistogram(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metric = Metric(self.name, self.documentation, "histogram")
-        bounds = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        bounds = [floatToGoString(b) for b in self._bounds]
+        created = _created_series()
+        has_sum = self._bounds[0] >= 0  # prometheus_client leaves _sum out otherwise
         for labels, series in list(self.series.items()):
-            named = dict(zip(self.labelnames, labels, strict=True))
+            named = _named(self.labelnames, labels)
             counts, total = list(series.counts), series.sum
             cumulative = 0.0
             for bound, n in zip(bounds, counts, strict=True):
                 cumulative += n
                 metric.add_sample(self.name + "_bucket", {"le": bound, **named}, cumulative)
             metric.add_sample(self.name + "_count", named, cumulative)
-            metric.add_sample(self.name + "_sum", named, total)
-            metric.add_sample(self.name + "_created", named, series.created)
+            if has_sum:
+                metric.add_sample(self.name + "_sum", named, total)
+            if created:
+                metric.add_sample(self.name + "_created", named, series.created)
         yield metric
 
 

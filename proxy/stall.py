@@ -42,7 +42,12 @@ def stalled_error(timeout_s: float) -> ClientStalled:
 
 
 class StallWatch:
-    """Runs `on_stall` once `transport`'s send buffer has not shrunk for `timeout_s`."""
+    """Runs `on_stall` once what is queued for the client has not shrunk for `timeout_s`.
+
+    The first measure is taken on the loop's next turn, once the writer that started the
+    watch has queued its bytes and is waiting (a write that did not have to wait cancels the
+    watch before it has cost a system call).
+    """
 
     __slots__ = ("_on_stall", "_size", "_timeout_s", "_timer", "_transport", "stalled")
 
@@ -52,15 +57,16 @@ class StallWatch:
         self._transport = transport
         self._timeout_s = timeout_s
         self._on_stall = on_stall
-        self._size = queued_bytes(transport)
+        self._size = -1
         self.stalled = False
-        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._look)
+        self._timer: asyncio.Handle = asyncio.get_running_loop().call_soon(self._look)
 
     def _look(self) -> None:
-        if self._transport.is_closing():  # gone already: the waiting writer is woken anyway
-            return
         size = queued_bytes(self._transport)
-        if size == 0 or size < self._size:  # the client took bytes: it may take its time
+        if self._size < 0 or size == 0 or size < self._size:
+            # The first measure, or the client took bytes: it may take its time.
+            if size == 0 and self._transport.is_closing():
+                return  # closed with nothing left to send: nothing to wait for
             self._size = size
             self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._look)
             return

@@ -86,6 +86,9 @@ async def test_a_client_that_stops_reading_is_disconnected_and_production_releas
             lambda: proxy.registry.get_sample_value("shadoweval_http_requests_in_flight") == 0
         )
         assert time.monotonic() - started < STALL_S + 8
+        # Counted as a request the client did not take to its end, as nginx counts it.
+        answered = {"route": "/v1/chat/completions", "status": "499"}
+        assert proxy.registry.get_sample_value("shadoweval_http_requests_total", answered) == 1
         # The client finds its connection closed once it reads again.
         sock.setblocking(True)
         sock.settimeout(5)
@@ -116,20 +119,26 @@ class _reads_to_the_end:
         return kind is None or kind is ConnectionResetError
 
 
+@pytest.mark.parametrize("lean_front", [True, False], ids=["front", "aiohttp"])
 async def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(
-    upstream: FakeUpstream, start_proxy: ProxyFactory
+    upstream: FakeUpstream, start_proxy: ProxyFactory, lean_front: bool
 ) -> None:
-    """The bound is on reading nothing, not on reading slowly: 24 MiB read with ten pauses
-    shorter than the timeout (longer than it together) arrives whole."""
+    """The bound is on reading nothing, not on reading slowly. The client reads 32 KiB every
+    0.3 s for 3 s, about 100 KiB per timeout, less than one of the chunks the proxy queues at a
+    time (progress is measured from after a chunk is queued), then the rest at full speed:
+    all 24 MiB arrive."""
     upstream.handlers[("POST", "/v1/chat/completions")] = huge_answer
-    proxy = await start_proxy(upstream.base_url, server={"client_write_timeout_s": 2.0})
+    proxy = await start_proxy(
+        upstream.base_url, server={"lean_front": lean_front, "client_write_timeout_s": 1.0}
+    )
     sock = await send_and_never_read(proxy.port, stream=False, rcvbuf=64 * 1024)
     loop = asyncio.get_running_loop()
     data = bytearray()
     sips = 0
     try:
         while True:
-            chunk = await asyncio.wait_for(loop.sock_recv(sock, 256 * 1024), 10)
+            size = 32 * 1024 if sips < 10 else 1 << 20
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, size), 10)
             if not chunk:
                 break
             data += chunk

@@ -51,4 +51,4 @@ def test_every_random_character_is_equally_likely() -> None:
 
     counts = Counter("".join(new_id(0)[10:] for _ in range(20_000)))  # 320,000 characters
     assert set(counts) == set(_ALPHABET)
-    assert chisquare([counts[c] for c in _ALPHABET]).pvalue > 1e-4
+    assert chisquare([counts[c] for c in _ALPHABET]).pvalue > 1e-6  # fails once in 10^6 runs

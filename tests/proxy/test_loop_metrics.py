@@ -94,3 +94,37 @@ def test_wrong_labels_and_buckets_are_refused() -> None:
         LoopHistogram("z_seconds", "Seconds.", [], (2.0, 1.0), reg)
     with pytest.raises(ValueError, match="Duplicated"):
         LoopCounter("y_calls", "Again.", ["candidate"], reg)
+
+
+@pytest.mark.parametrize(
+    "buckets", [(0.5, 1.0, math.inf), (-1.0, 0.0, 1.0)], ids=["own-inf", "negative-bound"]
+)
+def test_histograms_with_an_inf_or_a_negative_bound_print_as_prometheus_clients(
+    buckets: tuple[float, ...],
+) -> None:
+    ref, ours = CollectorRegistry(), CollectorRegistry()
+    ref_h = Histogram("u_seconds", "Seconds.", ["route"], buckets=buckets, registry=ref)
+    our_h = LoopHistogram("u_seconds", "Seconds.", ["route"], buckets, ours)
+    for v in (-2.0, -1.0, 0.0, 0.7, 1.0, 5.0, math.inf):
+        ref_h.labels("/v1/a").observe(v)
+        our_h.observe(("/v1/a",), v)
+    assert _without_created_times(generate_latest(ours).decode()) == _without_created_times(
+        generate_latest(ref).decode()
+    )
+
+
+def test_created_series_follow_prometheus_clients_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("prometheus_client.metrics._use_created", False)
+    ref, ours = _feed(5)
+    text = generate_latest(ours).decode()
+    assert "_created" not in text
+    assert text == generate_latest(ref).decode()
+
+
+def test_counters_refuse_to_go_down_and_label_values_are_printed_as_text() -> None:
+    reg = CollectorRegistry()
+    c = LoopCounter("v_calls", "Calls.", ["status"], reg)
+    with pytest.raises(ValueError, match="non-negative"):
+        c.inc(("200",), -1)
+    c.inc((200,))  # type: ignore[arg-type]  # a caller's slip must not break the scrape
+    assert 'v_calls_total{status="200"} 1.0' in generate_latest(reg).decode()
