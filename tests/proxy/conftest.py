@@ -93,6 +93,15 @@ async def hop_by_hop_answer(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll `check` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
 def stalled_stream(text: str) -> Handler:
     """A production handler that starts a stream, sends one chunk of `text`, then stalls."""
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 
 import orjson
 import pytest
 from aiohttp import web
 
 from proxy.lake.reader import connect
-from tests.proxy.conftest import FakeUpstream, ProxyFactory, chat_chunk, sse
+from tests.proxy.conftest import FakeUpstream, ProxyFactory, chat_chunk, eventually, sse
 
 STALL_S = 0.5
 BIG_BODY_BYTES = 24 * 1024 * 1024  # far beyond what loopback socket buffers hold
@@ -40,14 +39,6 @@ async def huge_answer(request: web.Request) -> web.Response:
     text = "y" * BIG_BODY_BYTES
     body = orjson.dumps({"choices": [{"index": 0, "message": {"content": text}}]})
     return web.Response(body=body, content_type="application/json")
-
-
-async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def send_and_never_read(port: int, stream: bool, rcvbuf: int = 4096) -> socket.socket:
@@ -81,9 +72,10 @@ async def test_a_client_that_stops_reading_is_disconnected_and_production_releas
     try:
         started = time.monotonic()
         # The proxy gives up on the client: nothing is in flight, production is let go.
-        await eventually(lambda: upstream.active == 0 and upstream.seen != [])
+        await eventually(lambda: upstream.active == 0 and upstream.seen != [], within=10)
         await eventually(
-            lambda: proxy.registry.get_sample_value("shadoweval_http_requests_in_flight") == 0
+            lambda: proxy.registry.get_sample_value("shadoweval_http_requests_in_flight") == 0,
+            within=10,
         )
         assert time.monotonic() - started < STALL_S + 8
         # Counted as a request the client did not take to its end, as nginx counts it.

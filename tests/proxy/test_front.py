@@ -32,6 +32,7 @@ from tests.proxy.conftest import (
     ProxyFactory,
     RunningProxy,
     chat_chunk,
+    eventually,
     hop_by_hop_answer,
     sse,
     stalled_stream,
@@ -189,15 +190,6 @@ def front_of(proxy: RunningProxy) -> Front:
 
 def sse_events(body: bytes) -> list[bytes]:
     return [event for event in body.split(b"\n\n") if event]
-
-
-async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll `check` until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def closed_port() -> int:

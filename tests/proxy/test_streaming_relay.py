@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -18,20 +17,12 @@ from tests.proxy.conftest import (
     ProxyFactory,
     RunningProxy,
     chat_chunk,
+    eventually,
     sse,
     stalled_stream,
 )
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Stream please."}]
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll `check` until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_async_sdk_stream_is_exact(proxy: RunningProxy) -> None:
