@@ -12,8 +12,9 @@ recorder flushes last.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -37,7 +38,9 @@ from proxy.lake.writer_process import ProcessRecorder
 from proxy.metrics import ProxyMetrics, metrics_handler
 from proxy.mirror import Mirror
 from proxy.sampling import Sampler
+from proxy.tasks import TaskSet
 from proxy.v1 import RECORDED_ROUTES, V1Service
+from proxy.worker_metrics import WorkerMetrics, merged_registry
 
 log = structlog.get_logger("shadoweval.proxy")
 
@@ -132,8 +135,29 @@ async def _on_shutdown(app: web.Application) -> None:
     app[LIFECYCLE].begin_drain(app[SETTINGS].server.shutdown_grace_s)
 
 
-def create_app(settings: Settings, *, registry: CollectorRegistry | None = None) -> web.Application:
-    """Build the proxy application for `settings`; nothing starts until the app does."""
+def _shared_metrics_ctx(shared: WorkerMetrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Share this worker's metrics with the others while the app runs (`--workers N`)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        tasks = TaskSet("metrics")
+        tasks.spawn(shared.run(), "share")
+        yield
+        await tasks.cancel_all()  # writes a last snapshot
+
+    return ctx
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    shared_metrics: tuple[Path, int] | None = None,
+) -> web.Application:
+    """Build the proxy application for `settings`; nothing starts until the app does.
+
+    `shared_metrics` (a directory and this worker's index) is given to each of the workers of
+    `--workers N`: /metrics then serves every worker's figures summed (proxy.worker_metrics).
+    """
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = ProxyMetrics(registry)
     lifecycle = Lifecycle()
@@ -171,5 +195,10 @@ def create_app(settings: Settings, *, registry: CollectorRegistry | None = None)
     app.router.add_get("/v1/models", handler)
     app.router.add_route("*", "/v1/{tail:.*}", handler)
     app.router.add_routes(health_routes(lifecycle))
-    app.router.add_get("/metrics", metrics_handler(registry))
+    if shared_metrics is None:
+        app.router.add_get("/metrics", metrics_handler(registry))
+    else:
+        shared = WorkerMetrics(shared_metrics[0], shared_metrics[1], registry)
+        app.cleanup_ctx.insert(0, _shared_metrics_ctx(shared))  # stops last: final figures
+        app.router.add_get("/metrics", metrics_handler(merged_registry(shared)))
     return app

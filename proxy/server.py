@@ -5,7 +5,8 @@ requests finish within `server.shutdown_grace_s`, drain or count shadow calls in
 left of that time, flush every record, exit 0. With `--workers N` each worker is its own
 process (own event loop, upstream pool, recorder and lake writer id) bound to the same
 port with SO_REUSEPORT, so the kernel spreads connections across them; the parent only
-starts them, forwards signals and reports how they ended.
+starts them, forwards signals and reports how they ended. Whichever worker answers
+/metrics serves all of them, summed (`proxy.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import contextlib
 import gc
 import multiprocessing
 import multiprocessing.connection
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -107,9 +111,11 @@ async def start_site(
     return site
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, shared_metrics: tuple[Path, int] | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    app = create_app(settings)
+    app = create_app(settings, shared_metrics=shared_metrics)
     runner = make_runner(app, settings)
     await runner.setup()
     stop = asyncio.Event()
@@ -147,10 +153,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     log.info("stopped")
 
 
-def run_single(settings: Settings, *, reuse_port: bool = False) -> int:
+def run_single(
+    settings: Settings, *, reuse_port: bool = False, shared_metrics: tuple[Path, int] | None = None
+) -> int:
     """Run one proxy process in the foreground; 0 after a graceful shutdown."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings, reuse_port=reuse_port))
+        runner.run(serve(settings, reuse_port=reuse_port, shared_metrics=shared_metrics))
     return 0
 
 
@@ -164,12 +172,12 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return settings.model_copy(update={"storage": storage})
 
 
-def _worker_main(settings: Settings, index: int) -> None:
+def _worker_main(settings: Settings, index: int, metrics_dir: Path) -> None:
     """Entry point of one worker process (spawned, so it starts from a clean interpreter)."""
     configure_logging(settings.logging)
     structlog.contextvars.bind_contextvars(worker=index)
     try:
-        code = run_single(settings, reuse_port=True)
+        code = run_single(settings, reuse_port=True, shared_metrics=(metrics_dir, index))
     except ShadowevalError as exc:
         log.error("worker cannot start", error=str(exc))
         code = 2
@@ -181,10 +189,12 @@ def run_workers(settings: Settings, workers: int) -> int:
     if settings.server.port == 0:
         raise ConfigError("server.port: must be a fixed port (not 0) when running several workers")
     ctx = multiprocessing.get_context("spawn")
+    # Where the workers share their metrics, so that /metrics shows all of them.
+    metrics_dir = Path(tempfile.mkdtemp(prefix="shadoweval-metrics-"))
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(worker_settings(settings, i), i),
+            args=(worker_settings(settings, i), i, metrics_dir),
             name=f"shadoweval-worker-{i}",
         )
         for i in range(workers)
@@ -227,6 +237,7 @@ def run_workers(settings: Settings, workers: int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def run(settings: Settings, *, workers: int | None = None) -> int:

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import parse_settings
 from proxy.errors import ConfigError
@@ -246,6 +247,53 @@ async def test_workers_share_one_port_and_stop_together(
     assert con.execute("SELECT count(*) FROM responses").fetchone() == (20,)
     writers = {w for (w,) in con.execute("SELECT DISTINCT writer FROM requests").fetchall()}
     assert 1 <= len(writers) <= 2
+
+
+async def test_metrics_of_several_workers_show_all_of_them_whichever_answers(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """Each scrape reaches one worker; every scrape shows the requests of both, summed."""
+    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
+        await proc.wait_ready()
+        async with aiohttp.ClientSession() as s:
+            for _ in range(30):
+                async with s.post(
+                    proc.url + "/v1/chat/completions",
+                    json={"model": "m", "messages": []},
+                    headers={"Connection": "close"},  # a new connection: either worker
+                ) as r:
+                    assert r.status == 200
+        served = {
+            line.get("worker")
+            for line in proc.log_lines()
+            if line.get("event") == "access" and line.get("route") == "/v1/chat/completions"
+        }
+        assert served == {0, 1}  # both workers answered some (else this test proves nothing)
+        await asyncio.sleep(2.5)  # each worker shares its figures every second
+        totals = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(8):
+                async with s.get(proc.url + "/metrics", headers={"Connection": "close"}) as r:
+                    text = await r.text()
+                families = {f.name: f for f in text_string_to_metric_families(text)}
+                totals.append(
+                    sum(
+                        sample.value
+                        for sample in families["shadoweval_http_requests"].samples
+                        if sample.labels.get("route") == "/v1/chat/completions"
+                        and sample.name.endswith("_total")
+                    )
+                )
+                count = [
+                    sample.value
+                    for sample in families["shadoweval_http_request_duration_seconds"].samples
+                    if sample.name.endswith("_count")
+                    and sample.labels.get("route") == "/v1/chat/completions"
+                ]
+                assert count == [30]
+        assert totals == [30] * 8
+        proc.proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
 
 
 def test_worker_settings_give_each_worker_its_own_writer_id() -> None:

@@ -1,0 +1,102 @@
+"""/metrics of a proxy run as `--workers N`: every worker's figures, summed.
+
+The workers share one port, so a scrape reaches whichever worker the kernel picks. Served
+from that worker's registry alone, a counter would jump between the workers' values from
+scrape to scrape. Instead each worker writes a snapshot of its registry into a directory the
+parent made for the run, every `every_s` and once more when it stops, and /metrics answers
+with this worker's live figures plus every other worker's last snapshot, summed series by
+series: counters, histogram buckets and gauges (requests in flight, queue depths, spend)
+add up across workers. So a scrape shows the whole proxy, with the other workers' figures at
+most `every_s` old. Names and labels are those of a single process; `_created` samples,
+which cannot be summed, are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from proxy.lake.writer_child import Snapshot, snapshot
+
+log = structlog.get_logger("shadoweval.proxy")
+
+SNAPSHOT_EVERY_S = 1.0
+
+
+class WorkerMetrics(Collector):
+    """This worker's registry plus the other workers' snapshots, as one set of families."""
+
+    def __init__(
+        self,
+        directory: Path,
+        index: int,
+        registry: CollectorRegistry,
+        every_s: float = SNAPSHOT_EVERY_S,
+    ) -> None:
+        self.directory = directory
+        self.index = index
+        self.registry = registry  # this worker's own metrics
+        self.every_s = every_s
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"worker-{index}.metrics"
+
+    def write(self) -> None:
+        """Replace this worker's snapshot file (atomically: readers see an old or a new one)."""
+        tmp = self.directory / f".worker-{self.index}.metrics.tmp"
+        tmp.write_bytes(pickle.dumps(snapshot(self.registry), protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, self._path(self.index))
+
+    async def run(self) -> None:
+        """Write a snapshot every `every_s` until cancelled, then a last one."""
+        try:
+            while True:
+                try:
+                    self.write()
+                except OSError as exc:  # a full or vanished directory: the next turn retries
+                    log.warning("worker metrics not shared", error=str(exc))
+                await asyncio.sleep(self.every_s)
+        finally:
+            with contextlib.suppress(OSError):
+                self.write()
+
+    def _others(self) -> list[Snapshot]:
+        out = []
+        for path in sorted(self.directory.glob("worker-*.metrics")):
+            if path == self._path(self.index):
+                continue
+            # A file being replaced or from a worker that never wrote one: skipped this time.
+            with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+                out.append(pickle.loads(path.read_bytes()))
+        return out
+
+    def collect(self) -> Iterable[Metric]:
+        merged: dict[
+            str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
+        ] = {}
+        for snap in [snapshot(self.registry), *self._others()]:
+            for family, (typ, doc, samples) in snap.items():
+                _, _, into = merged.setdefault(family, (typ, doc, {}))
+                for key, value in samples.items():
+                    into[key] = into.get(key, 0.0) + value
+        for family, (typ, doc, samples) in merged.items():
+            metric = Metric(family, doc, typ)
+            for (name, labels), value in samples.items():
+                metric.add_sample(name, dict(labels), value)
+            yield metric
+
+
+def merged_registry(shared: WorkerMetrics) -> CollectorRegistry:
+    """A registry to render for /metrics: every worker's figures, summed."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(shared)
+    return registry
