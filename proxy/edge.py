@@ -67,10 +67,10 @@ def make_edge_middleware(
         token = CURRENT_REQUEST_ID.set(rid)
         try:
             response = await handler(request)
-            status = response.status
             exchange = request.get(EXCHANGE)
-            if exchange is not None and exchange.error == "dropped":
-                status = 499  # the client did not take its answer to the end
+            status = (
+                response.status if exchange is None else exchange.client_status(response.status)
+            )
             return response
         except ProxyHTTPError as exc:
             status = exc.status

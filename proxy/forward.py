@@ -117,6 +117,11 @@ class Exchange:
             self.error, self.error_detail = kind, detail
         self.latency_ms = self.elapsed_ms()
 
+    def client_status(self, answered: int) -> int:
+        """The status counted for the client (metrics, access line): 499, as nginx counts
+        it, when the client did not take its answer to the end, else the one it was sent."""
+        return 499 if self.error == "dropped" else answered
+
 
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names the sender declared hop-by-hop in its `Connection` header."""

@@ -90,8 +90,7 @@ async def serve_request(
         incoming = Incoming(method, path, target, headers, rid)
         label = v1_route_label(method, path)
         await front.service.relay(incoming, body, received_at, exchange, answer, label)
-        # An answer the client did not take to its end is counted as nginx counts it: 499.
-        status = 499 if exchange.error == "dropped" else answer.status or 500
+        status = exchange.client_status(answer.status or 500)
         return keep
     except ProxyHTTPError as exc:
         status, err = exc.status, exc

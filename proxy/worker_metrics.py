@@ -48,15 +48,13 @@ class WorkerMetrics(Collector):
         self.index = index
         self.registry = registry  # this worker's own metrics
         self.every_s = every_s
-
-    def _path(self, index: int) -> Path:
-        return self.directory / f"worker-{index}.metrics"
+        self._own = directory / f"worker-{index}.metrics"
 
     def write(self) -> None:
         """Replace this worker's snapshot file (atomically: readers see an old or a new one)."""
         tmp = self.directory / f".worker-{self.index}.metrics.tmp"
         tmp.write_bytes(pickle.dumps(snapshot(self.registry), protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, self._path(self.index))
+        os.replace(tmp, self._own)
 
     async def run(self) -> None:
         """Write a snapshot every `every_s` until cancelled, then a last one."""
@@ -74,7 +72,7 @@ class WorkerMetrics(Collector):
     def _others(self) -> list[Snapshot]:
         out = []
         for path in sorted(self.directory.glob("worker-*.metrics")):
-            if path == self._path(self.index):
+            if path == self._own:
                 continue
             # A file being replaced or from a worker that never wrote one: skipped this time.
             with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
@@ -82,9 +80,7 @@ class WorkerMetrics(Collector):
         return out
 
     def collect(self) -> Iterable[Metric]:
-        merged: dict[
-            str, tuple[str, str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]
-        ] = {}
+        merged: Snapshot = {}
         for snap in [snapshot(self.registry), *self._others()]:
             for family, (typ, doc, samples) in snap.items():
                 _, _, into = merged.setdefault(family, (typ, doc, {}))

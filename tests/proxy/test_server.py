@@ -93,6 +93,18 @@ class Proc:
         return lines
 
 
+async def post_chats(proc: Proc, n: int) -> None:
+    """`n` chat requests, each on a new connection, so the kernel may pick either worker."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            async with s.post(
+                proc.url + "/v1/chat/completions",
+                json={"model": "m", "messages": []},
+                headers={"Connection": "close"},
+            ) as r:
+                assert r.status == 200
+
+
 @asynccontextmanager
 async def serve(
     tmp_path: Path, production_url: str, *extra: str, **server: Any
@@ -212,15 +224,7 @@ async def test_workers_share_one_port_and_stop_together(
 ) -> None:
     async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
         await proc.wait_ready()
-        async with aiohttp.ClientSession() as s:
-            for _ in range(20):
-                # A new connection each time, so the kernel may pick either worker.
-                async with s.post(
-                    proc.url + "/v1/chat/completions",
-                    json={"model": "m", "messages": []},
-                    headers={"Connection": "close"},
-                ) as r:
-                    assert r.status == 200
+        await post_chats(proc, 20)
         # Both workers are up (each logs its own "listening" line with its index).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -255,14 +259,7 @@ async def test_metrics_of_several_workers_show_all_of_them_whichever_answers(
     """Each scrape reaches one worker; every scrape shows the requests of both, summed."""
     async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
         await proc.wait_ready()
-        async with aiohttp.ClientSession() as s:
-            for _ in range(30):
-                async with s.post(
-                    proc.url + "/v1/chat/completions",
-                    json={"model": "m", "messages": []},
-                    headers={"Connection": "close"},  # a new connection: either worker
-                ) as r:
-                    assert r.status == 200
+        await post_chats(proc, 30)
         served = {
             line.get("worker")
             for line in proc.log_lines()
