@@ -81,6 +81,14 @@ class Proc:
                 await asyncio.sleep(0.1)
         raise AssertionError("serve never became ready")
 
+    async def wait_listening(self, workers: int, within: float = 60.0) -> None:
+        """Until every worker has logged "listening": before that, the kernel hands every
+        connection to the workers already bound to the port."""
+        await until(lambda: self.listening() == set(range(workers)), within)
+
+    def listening(self) -> set[int]:
+        return {line["worker"] for line in self.log_lines() if line.get("event") == "listening"}
+
     async def wait(self, within: float = 60.0) -> int:
         await asyncio.wait_for(asyncio.shield(self._reader), within)
         return await asyncio.wait_for(self.proc.wait(), within)
@@ -121,15 +129,19 @@ async def serve(
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "shadoweval", "serve", "--config", str(path), *extra,
         cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: workers and writers die with it
     )  # fmt: skip
     p = Proc(proc, port, config)
     try:
         yield p
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await p._reader
+        # The whole group, not the parent alone: a worker or lake writer left behind would
+        # hold the log pipe open, and reading it to its end would never finish.
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(p._reader, 10)
 
 
 async def until(check: Callable[[], bool], within: float) -> None:
@@ -224,17 +236,9 @@ async def test_workers_share_one_port_and_stop_together(
 ) -> None:
     async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
         await proc.wait_ready()
-        await post_chats(proc, 20)
         # Both workers are up (each logs its own "listening" line with its index).
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            listening = {
-                line.get("worker") for line in proc.log_lines() if line.get("event") == "listening"
-            }
-            if listening == {0, 1}:
-                break
-            await asyncio.sleep(0.1)
-        assert listening == {0, 1}
+        await proc.wait_listening(2)
+        await post_chats(proc, 20)
         worker_pids = next(
             line["pids"] for line in proc.log_lines() if line.get("event") == "workers started"
         )
@@ -259,36 +263,46 @@ async def test_metrics_of_several_workers_show_all_of_them_whichever_answers(
     """Each scrape reaches one worker; every scrape shows the requests of both, summed."""
     async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
         await proc.wait_ready()
+        await proc.wait_listening(2)
         await post_chats(proc, 30)
-        served = {
-            line.get("worker")
-            for line in proc.log_lines()
-            if line.get("event") == "access" and line.get("route") == "/v1/chat/completions"
-        }
-        assert served == {0, 1}  # both workers answered some (else this test proves nothing)
-        await asyncio.sleep(2.5)  # each worker shares its figures every second
-        totals = []
+
+        def served() -> set[int]:
+            return {
+                line["worker"]
+                for line in proc.log_lines()
+                if line.get("event") == "access" and line.get("route") == "/v1/chat/completions"
+            }
+
+        # Both workers answered some (else this test proves nothing).
+        await until(lambda: served() == {0, 1}, within=10)
+
+        async def scrape(s: aiohttp.ClientSession) -> tuple[float, list[float]]:
+            """(requests counted, histogram counts) for the chat route, as one scrape saw them."""
+            async with s.get(proc.url + "/metrics", headers={"Connection": "close"}) as r:
+                text = await r.text()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            total = sum(
+                sample.value
+                for sample in families["shadoweval_http_requests"].samples
+                if sample.labels.get("route") == "/v1/chat/completions"
+                and sample.name.endswith("_total")
+            )
+            counts = [
+                sample.value
+                for sample in families["shadoweval_http_request_duration_seconds"].samples
+                if sample.name.endswith("_count")
+                and sample.labels.get("route") == "/v1/chat/completions"
+            ]
+            return total, counts
+
         async with aiohttp.ClientSession() as s:
-            for _ in range(8):
-                async with s.get(proc.url + "/metrics", headers={"Connection": "close"}) as r:
-                    text = await r.text()
-                families = {f.name: f for f in text_string_to_metric_families(text)}
-                totals.append(
-                    sum(
-                        sample.value
-                        for sample in families["shadoweval_http_requests"].samples
-                        if sample.labels.get("route") == "/v1/chat/completions"
-                        and sample.name.endswith("_total")
-                    )
-                )
-                count = [
-                    sample.value
-                    for sample in families["shadoweval_http_request_duration_seconds"].samples
-                    if sample.name.endswith("_count")
-                    and sample.labels.get("route") == "/v1/chat/completions"
-                ]
-                assert count == [30]
-        assert totals == [30] * 8
+            # Each worker shares its figures every second: wait for the first full scrape...
+            deadline = time.monotonic() + 30
+            while await scrape(s) != (30, [30]):
+                assert time.monotonic() < deadline, "the workers' figures never added up"
+                await asyncio.sleep(0.2)
+            # ...then every scrape, whichever worker answers it, shows both workers' requests.
+            assert [await scrape(s) for _ in range(8)] == [(30, [30])] * 8
         proc.proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
 
