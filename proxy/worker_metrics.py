@@ -8,9 +8,16 @@ with this worker's live figures plus every other worker's last snapshot, summed 
 series: counters, histogram buckets and gauges (requests in flight, queue depths, spend)
 add up across workers. So a scrape shows the whole proxy, with the other workers' figures at
 most `every_s` old. Names and labels are those of a single process; `_created` samples,
-which cannot be summed, are left out. A snapshot costs the worker's event loop about 1.4 ms
-(two candidates; measured with timeit), once every `every_s`; a single process shares
-nothing and pays nothing.
+which cannot be summed, are left out.
+
+Counters must never go down from one scrape to the next, or Prometheus takes the drop for a
+restart and counts the whole value again. Live figures beside the others' older snapshots
+could do just that: a scrape answered by worker A counts A's latest requests, and the next
+one, answered by B, would count them only from A's last snapshot. So the answering worker
+first writes the snapshot it is about to report: every figure a scrape has shown is then on
+disk for whichever worker answers the next one. A snapshot costs the worker's event loop
+about 1.4 ms (two candidates; measured with timeit), once every `every_s` and once per
+scrape; a single process shares nothing and pays nothing.
 """
 
 from __future__ import annotations
@@ -50,10 +57,11 @@ class WorkerMetrics(Collector):
         self.every_s = every_s
         self._own = directory / f"worker-{index}.metrics"
 
-    def write(self) -> None:
+    def write(self, snap: Snapshot | None = None) -> None:
         """Replace this worker's snapshot file (atomically: readers see an old or a new one)."""
         tmp = self.directory / f".worker-{self.index}.metrics.tmp"
-        tmp.write_bytes(pickle.dumps(snapshot(self.registry), protocol=pickle.HIGHEST_PROTOCOL))
+        data = snapshot(self.registry) if snap is None else snap
+        tmp.write_bytes(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, self._own)
 
     async def run(self) -> None:
@@ -69,20 +77,31 @@ class WorkerMetrics(Collector):
             with contextlib.suppress(OSError):
                 self.write()
 
-    def _others(self) -> list[Snapshot]:
-        out = []
-        for path in sorted(self.directory.glob("worker-*.metrics")):
-            if path == self._own:
+    def _others(self) -> dict[int, Snapshot]:
+        """The other workers' last snapshots, by worker index."""
+        out = {}
+        for path in self.directory.glob("worker-*.metrics"):
+            index = path.name.removeprefix("worker-").removesuffix(".metrics")
+            if path == self._own or not index.isdigit():
                 continue
             # A file being replaced or from a worker that never wrote one: skipped this time.
             with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
-                out.append(pickle.loads(path.read_bytes()))
+                out[int(index)] = pickle.loads(path.read_bytes())
         return out
 
     def collect(self) -> Iterable[Metric]:
+        own = snapshot(self.registry)
+        try:
+            self.write(own)  # what this scrape shows, every later one shows at least
+        except OSError as exc:
+            log.warning("worker metrics not shared", error=str(exc))
+        snaps = {**self._others(), self.index: own}
         merged: Snapshot = {}
-        for snap in [snapshot(self.registry), *self._others()]:
-            for family, (typ, doc, samples) in snap.items():
+        # Always summed in worker order, whichever worker answers: floating-point sums taken
+        # in another order can differ in the last bit, and a `_sum` one bit lower than the
+        # last scrape's is a drop all the same.
+        for index in sorted(snaps):
+            for family, (typ, doc, samples) in snaps[index].items():
                 _, _, into = merged.setdefault(family, (typ, doc, {}))
                 for key, value in samples.items():
                     into[key] = into.get(key, 0.0) + value
