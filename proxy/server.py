@@ -16,6 +16,7 @@ import contextlib
 import gc
 import multiprocessing
 import multiprocessing.connection
+import os
 import shutil
 import signal
 import sys
@@ -111,10 +112,40 @@ async def start_site(
     return site
 
 
+PARENT_CHECK_EVERY_S = 1.0
+
+
+def watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Set `stop` once the process that started this worker is gone.
+
+    A worker's parent only supervises; if it is killed outright (SIGKILL, the OOM killer),
+    nothing forwards a SIGTERM, and a worker left alone would go on serving the port by
+    itself, beside whatever the supervisor starts next. So each worker checks, every
+    second, that its parent is still the one that started it, and otherwise shuts down as
+    on SIGTERM: drain, flush, exit. (Polling `getppid` works on every POSIX system and
+    costs one system call a second.)
+    """
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        if os.getppid() != parent_pid:
+            log.warning("parent process gone", parent_pid=parent_pid)
+            stop.set()
+        else:
+            loop.call_later(PARENT_CHECK_EVERY_S, check)
+
+    loop.call_later(PARENT_CHECK_EVERY_S, check)
+
+
 async def serve(
-    settings: Settings, *, reuse_port: bool = False, shared_metrics: tuple[Path, int] | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    shared_metrics: tuple[Path, int] | None = None,
+    parent_pid: int | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM/SIGINT (or, in a worker, until its parent is gone), then shut down
+    gracefully."""
     app = create_app(settings, shared_metrics=shared_metrics)
     runner = make_runner(app, settings)
     await runner.setup()
@@ -134,6 +165,8 @@ async def serve(
             raise ShadowevalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
+        if parent_pid is not None:
+            watch_parent(parent_pid, stop)
         tune_gc()
         log.info(
             "listening",
@@ -154,11 +187,22 @@ async def serve(
 
 
 def run_single(
-    settings: Settings, *, reuse_port: bool = False, shared_metrics: tuple[Path, int] | None = None
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    shared_metrics: tuple[Path, int] | None = None,
+    parent_pid: int | None = None,
 ) -> int:
     """Run one proxy process in the foreground; 0 after a graceful shutdown."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings, reuse_port=reuse_port, shared_metrics=shared_metrics))
+        runner.run(
+            serve(
+                settings,
+                reuse_port=reuse_port,
+                shared_metrics=shared_metrics,
+                parent_pid=parent_pid,
+            )
+        )
     return 0
 
 
@@ -172,12 +216,17 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return settings.model_copy(update={"storage": storage})
 
 
-def _worker_main(settings: Settings, index: int, metrics_dir: Path) -> None:
+def _worker_main(settings: Settings, index: int, metrics_dir: Path, parent_pid: int) -> None:
     """Entry point of one worker process (spawned, so it starts from a clean interpreter)."""
     configure_logging(settings.logging)
     structlog.contextvars.bind_contextvars(worker=index)
     try:
-        code = run_single(settings, reuse_port=True, shared_metrics=(metrics_dir, index))
+        code = run_single(
+            settings,
+            reuse_port=True,
+            shared_metrics=(metrics_dir, index),
+            parent_pid=parent_pid,
+        )
     except ShadowevalError as exc:
         log.error("worker cannot start", error=str(exc))
         code = 2
@@ -194,7 +243,7 @@ def run_workers(settings: Settings, workers: int) -> int:
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(worker_settings(settings, i), i, metrics_dir),
+            args=(worker_settings(settings, i), i, metrics_dir, os.getpid()),
             name=f"shadoweval-worker-{i}",
         )
         for i in range(workers)

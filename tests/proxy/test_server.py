@@ -257,6 +257,42 @@ async def test_workers_share_one_port_and_stop_together(
     assert 1 <= len(writers) <= 2
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one waiting to be reaped is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+async def test_workers_whose_parent_is_killed_drain_and_stop(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """SIGKILL reaches the parent alone and forwards nothing: its workers notice on their own,
+    shut down as on SIGTERM and free the port, rather than serve on by themselves."""
+    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
+        await proc.wait_ready()
+        await proc.wait_listening(2)
+        await post_chats(proc, 20)
+        worker_pids = next(
+            line["pids"] for line in proc.log_lines() if line.get("event") == "workers started"
+        )
+        proc.proc.kill()
+        assert await proc.wait() == -signal.SIGKILL  # returns once the workers closed the log
+        await until(lambda: not any(running(pid) for pid in worker_pids), within=30)
+        assert refused(proc.port)
+    lines = proc.log_lines()
+    gone = [line for line in lines if line.get("event") == "parent process gone"]
+    stopped = [line for line in lines if line.get("event") == "stopped"]
+    assert {line["worker"] for line in gone} == {line["worker"] for line in stopped} == {0, 1}
+    # Drained and flushed like a SIGTERM: no row lost.
+    con = connect(tmp_path / "lake")
+    assert con.execute("SELECT count(*) FROM requests").fetchone() == (20,)
+    assert con.execute("SELECT count(*) FROM responses").fetchone() == (20,)
+
+
 async def test_metrics_of_several_workers_show_all_of_them_whichever_answers(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
