@@ -11,6 +11,11 @@ refreshes the catalog once at start-up and closes it at once; several processes 
 together (`serve --workers N`) wait their turn, retrying while the file is locked. While a
 user holds the catalog open, a refresh gives up after `lock_timeout_s` (the previous views
 keep working: they glob at query time).
+
+The first catalog is built under a name of its own and then linked into place, so nobody
+ever opens a half-made one: DuckDB creates a new database file before it locks it, and a
+second process opening the file in that moment read an empty header and failed with "not a
+valid DuckDB database file" (seen once in a test run of four processes starting together).
 """
 
 from __future__ import annotations
@@ -102,6 +107,8 @@ def refresh(
     data_dir.mkdir(parents=True, exist_ok=True)
     stuck = check_segments(data_dir)
     path = catalog_path(data_dir)
+    if not path.exists() and _create(path, data_dir, stuck, migrations):
+        return path
     deadline = time.monotonic() + lock_timeout_s
     delay = 0.02
     while True:
@@ -113,6 +120,30 @@ def refresh(
                 raise LakeError(f"cannot update {path}: {exc}") from None
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.5)
+
+
+def _create(
+    path: Path,
+    data_dir: Path,
+    stuck: dict[str, list[Path]],
+    migrations: Sequence[Migration],
+) -> bool:
+    """Build a new catalog aside and link it in as `path`; False if another process was first
+    (its catalog then stands, and the caller refreshes it as usual)."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        _refresh_once(aside, data_dir, stuck, migrations)
+        os.link(aside, path)  # atomic, and never replaces a catalog someone else made
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: the catalog is made in place
+        return False
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot create {path}: {exc}") from None
+    finally:
+        aside.unlink(missing_ok=True)
+        aside.with_name(aside.name + ".wal").unlink(missing_ok=True)
 
 
 def _refresh_once(

@@ -111,6 +111,29 @@ def test_several_processes_refresh_at_once(tmp_path):
     )
 
 
+def test_a_new_catalog_appears_whole_and_leaves_nothing_beside_it(tmp_path):
+    """The first catalog is built aside and linked in: no process can open it half-made."""
+    SegmentWriter(tmp_path, "w1").write("requests", [request_row(1)])
+    catalog.refresh(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if "catalog" in p.name) == ["catalog.duckdb"]
+    assert _plain_duckdb(str(tmp_path / "catalog.duckdb"), "SELECT count(*) FROM requests") == (
+        "[(1,)]"
+    )
+
+
+def test_a_catalog_another_process_made_first_is_kept(tmp_path):
+    catalog.refresh(tmp_path)
+    with duckdb.connect(str(tmp_path / "catalog.duckdb")) as con:
+        con.execute("INSERT OR REPLACE INTO lake_info VALUES ('note', 'made first')")
+    # Another process that also found no catalog, and links its own in second.
+    assert not catalog._create(tmp_path / "catalog.duckdb", tmp_path, {}, catalog.MIGRATIONS)
+    with duckdb.connect(str(tmp_path / "catalog.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT value FROM lake_info WHERE key = 'note'").fetchone() == (
+            "made first",
+        )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".catalog")] == []
+
+
 def test_refresh_waits_for_a_user_holding_the_catalog(tmp_path):
     catalog.refresh(tmp_path)
     db = str(tmp_path / "catalog.duckdb")
