@@ -33,6 +33,7 @@ from proxy.config import Settings
 from proxy.errors import ConfigError, ShadowevalError
 from proxy.front_site import Front, FrontSite
 from proxy.log import configure_logging
+from proxy.worker_metrics import forget
 
 log = structlog.get_logger("shadoweval.server")
 
@@ -230,6 +231,8 @@ def _worker_main(settings: Settings, index: int, metrics_dir: Path, parent_pid: 
     except ShadowevalError as exc:
         log.error("worker cannot start", error=str(exc))
         code = 2
+    if os.getppid() != parent_pid:  # the parent is gone and will not clean up after the run
+        forget(metrics_dir, index)
     sys.exit(code)
 
 
@@ -268,7 +271,12 @@ def run_workers(settings: Settings, workers: int) -> int:
         started = [p for p in procs if p.pid is not None]
         if stopping:
             on_signal(signal.SIGTERM, None)
-        log.info("workers started", workers=workers, pids=[p.pid for p in started])
+        log.info(
+            "workers started",
+            workers=workers,
+            pids=[p.pid for p in started],
+            metrics_dir=str(metrics_dir),
+        )
         failed = False
         while any(p.exitcode is None for p in started):
             alive = [p.sentinel for p in started if p.exitcode is None]

@@ -41,6 +41,18 @@ log = structlog.get_logger("shadoweval.proxy")
 SNAPSHOT_EVERY_S = 1.0
 
 
+def snapshot_path(directory: Path, index: int) -> Path:
+    return directory / f"worker-{index}.metrics"
+
+
+def forget(directory: Path, index: int) -> None:
+    """Remove worker `index`'s snapshot, and the directory once it is the last one out (for a
+    worker outliving its parent, which would otherwise have removed the directory)."""
+    snapshot_path(directory, index).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty yet: another worker is still stopping
+        directory.rmdir()
+
+
 class WorkerMetrics(Collector):
     """This worker's registry plus the other workers' snapshots, as one set of families."""
 
@@ -55,7 +67,7 @@ class WorkerMetrics(Collector):
         self.index = index
         self.registry = registry  # this worker's own metrics
         self.every_s = every_s
-        self._own = directory / f"worker-{index}.metrics"
+        self._own = snapshot_path(directory, index)
 
     def write(self, snap: Snapshot | None = None) -> None:
         """Replace this worker's snapshot file (atomically: readers see an old or a new one)."""

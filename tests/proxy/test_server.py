@@ -276,13 +276,15 @@ async def test_workers_whose_parent_is_killed_drain_and_stop(
         await proc.wait_ready()
         await proc.wait_listening(2)
         await post_chats(proc, 20)
-        worker_pids = next(
-            line["pids"] for line in proc.log_lines() if line.get("event") == "workers started"
-        )
+        started = next(line for line in proc.log_lines() if line.get("event") == "workers started")
+        worker_pids, metrics_dir = started["pids"], Path(started["metrics_dir"])
+        await until(metrics_dir.is_dir, within=1)
         proc.proc.kill()
         assert await proc.wait() == -signal.SIGKILL  # returns once the workers closed the log
         await until(lambda: not any(running(pid) for pid in worker_pids), within=30)
         assert refused(proc.port)
+        # The last worker out removed what the parent would have.
+        await until(lambda: not metrics_dir.exists(), within=1)
     lines = proc.log_lines()
     gone = [line for line in lines if line.get("event") == "parent process gone"]
     stopped = [line for line in lines if line.get("event") == "stopped"]
