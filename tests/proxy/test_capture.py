@@ -172,7 +172,8 @@ async def test_failures_are_recorded_with_their_kind(
 
     upstream.handlers[("POST", "/v1/chat/completions")] = limited
     upstream.handlers[("POST", "/v1/completions")] = hang
-    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 0.3})
+    # Long enough that a loaded machine still relays the 429 (the other route hangs for 30 s).
+    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 2.0})
     dead = await start_proxy("http://127.0.0.1:9/v1")
     assert (await post(proxy.base_url + "/chat/completions", {"model": "m", "messages": MESSAGES}))[
         0

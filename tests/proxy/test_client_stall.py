@@ -115,13 +115,14 @@ class _reads_to_the_end:
 async def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(
     upstream: FakeUpstream, start_proxy: ProxyFactory, lean_front: bool
 ) -> None:
-    """The bound is on reading nothing, not on reading slowly. The client reads 32 KiB every
-    0.3 s for 3 s, about 100 KiB per timeout, less than one of the chunks the proxy queues at a
-    time (progress is measured from after a chunk is queued), then the rest at full speed:
-    all 24 MiB arrive."""
+    """The bound is on reading nothing, not on reading slowly. The client reads 16 KiB every
+    0.3 s for 4.2 s, about 160 KiB per timeout (3 s), less than one of the chunks the proxy
+    queues at a time (progress is measured from after a chunk is queued), then the rest at
+    full speed: all 24 MiB arrive. (A timeout of several sips, so that one stall of the
+    machine between two sips cannot look like a client that stopped.)"""
     upstream.handlers[("POST", "/v1/chat/completions")] = huge_answer
     proxy = await start_proxy(
-        upstream.base_url, server={"lean_front": lean_front, "client_write_timeout_s": 1.0}
+        upstream.base_url, server={"lean_front": lean_front, "client_write_timeout_s": 3.0}
     )
     sock = await send_and_never_read(proxy.port, stream=False, rcvbuf=64 * 1024)
     loop = asyncio.get_running_loop()
@@ -129,7 +130,7 @@ async def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(
     sips = 0
     try:
         while True:
-            size = 32 * 1024 if sips < 10 else 1 << 20
+            size = 16 * 1024 if sips < 14 else 1 << 20
             chunk = await asyncio.wait_for(loop.sock_recv(sock, size), 10)
             if not chunk:
                 break
@@ -140,7 +141,7 @@ async def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(
                 if len(body) >= length:
                     break
             sips += 1
-            if sips <= 10:
+            if sips <= 14:
                 await asyncio.sleep(0.3)
     finally:
         sock.close()

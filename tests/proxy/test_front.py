@@ -220,12 +220,16 @@ def loop_must_not_block(seconds: float) -> Iterator[None]:
         raise TimeoutError(f"the event loop was blocked for more than {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # The suite's own time limit (pytest-timeout) uses the same timer: set it again after.
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 0.01))
 
 
 def assert_same_reply(via_front: Reply, via_plain: Reply) -> None:
@@ -582,9 +586,10 @@ async def test_a_long_segment_before_a_percent_escape_does_not_block_the_loop(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
     """`/v1/files/<40 characters>%2Fcontent` is handed off and answered at once; the event
-    loop is never blocked by checking the path (SIGALRM interrupts it after 1 s)."""
+    loop is never blocked by checking the path (SIGALRM interrupts it after 10 s; a
+    backtracking pattern would take hours)."""
     target = "/v1/files/" + "a" * 40 + "%2Fcontent"
-    with loop_must_not_block(1.0):
+    with loop_must_not_block(10.0):
         reply = await exchange(proxy, build("GET", target))
     assert reply.status == 200
     assert reply.json()["path_qs"] == target
@@ -806,9 +811,11 @@ async def test_idle_connections_are_closed_after_the_keep_alive_timeout(
         await send(half_w, b"GET /v1/models HTTP/1.1\r\nHost: pro")
         await send(busy_w, build("POST", "/v1/embeddings", b'{"input": "x"}'))
         t0 = time.monotonic()
-        assert await read_to_eof(idle_r, within=2.0) == b""
-        assert await read_to_eof(half_r, within=2.0) == b""
-        assert time.monotonic() - t0 < 1.0
+        # Closed after the keep-alive timeout (0.2 s), not left open: generous bounds, for a
+        # loaded machine.
+        assert await read_to_eof(idle_r, within=5.0) == b""
+        assert await read_to_eof(half_r, within=5.0) == b""
+        assert time.monotonic() - t0 < 3.0
         reply = await read_reply(busy_r)
         assert reply.status == 200 and reply.json() == {"slow": True}
         assert time.monotonic() - t0 >= 0.5
@@ -1013,7 +1020,7 @@ async def test_stop_drains_front_and_handed_off_connections_within_one_grace_per
     takes what aiohttp's own shutdown takes (it waits the grace period, cancels, then waits
     up to the grace period again), not the front's grace period on top of it."""
     proxy = await start_proxy(
-        upstream.base_url, server={"shutdown_grace_s": 1.0}, production={"read_timeout_s": 60}
+        upstream.base_url, server={"shutdown_grace_s": 2.0}, production={"read_timeout_s": 60}
     )
     upstream.handlers[("POST", "/v1/embeddings")] = slow(30, {})
     chunked_upload = (
@@ -1032,10 +1039,10 @@ async def test_stop_drains_front_and_handed_off_connections_within_one_grace_per
         await eventually(lambda: upstream.active == 2)
         t0 = time.monotonic()
         stopping = asyncio.create_task(proxy.stop())
-        assert await read_to_eof(idle_r, within=0.5) == b""
-        await asyncio.wait_for(stopping, 10)
+        assert await read_to_eof(idle_r, within=1.5) == b""  # well inside the grace period
+        await asyncio.wait_for(stopping, 20)
         elapsed = time.monotonic() - t0
-    assert 0.9 <= elapsed < 2.7, elapsed  # aiohttp's 2 x 1 s, not 1 s more for the front
+    assert 1.9 <= elapsed < 5.5, elapsed  # aiohttp's 2 x 2 s, not 2 s more for the front
     assert front_of(proxy).connections_handed_off == 2
 
 

@@ -153,12 +153,20 @@ async def until(check: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def slow_answer(upstream: FakeUpstream, seconds: float, entered: asyncio.Event) -> None:
+def slow_answer(
+    upstream: FakeUpstream,
+    seconds: float,
+    entered: asyncio.Event,
+    release: asyncio.Event | None = None,
+) -> None:
+    """Production answers after `seconds` (and, if given, not before `release` is set)."""
     original = upstream.chat
 
     async def slow(request: web.Request) -> web.StreamResponse:
         entered.set()
         await asyncio.sleep(seconds)
+        if release is not None:
+            await release.wait()
         return await original(request)
 
     upstream.handlers[("POST", "/v1/chat/completions")] = slow
@@ -167,8 +175,8 @@ def slow_answer(upstream: FakeUpstream, seconds: float, entered: asyncio.Event) 
 async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
-    entered = asyncio.Event()
-    slow_answer(upstream, 1.5, entered)
+    entered, release = asyncio.Event(), asyncio.Event()
+    slow_answer(upstream, 1.5, entered, release)
     async with serve(tmp_path, upstream.base_url) as proc:
         await proc.wait_ready()
         body = {"model": "m", "messages": [{"role": "user", "content": SECRET_PROMPT}]}
@@ -183,8 +191,9 @@ async def test_sigterm_lets_the_in_flight_request_finish_then_exits_0(
             await entered.wait()
             proc.proc.send_signal(signal.SIGTERM)
             # New connections are refused at once, while the in-flight one is still served.
-            await until(lambda: refused(proc.port), within=5)
+            await until(lambda: refused(proc.port), within=30)
             assert not request.done()
+            release.set()
             resp = await request
             assert resp.status == 200
             assert (await resp.json())["choices"][0]["message"][

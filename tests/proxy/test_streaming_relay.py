@@ -189,7 +189,8 @@ async def test_upstream_failing_mid_stream_cuts_the_client_stream(
     upstream: FakeUpstream, start_proxy: ProxyFactory
 ) -> None:
     upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial")
-    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 0.4})
+    # Long enough that a loaded machine still relays the first chunk (production then stalls).
+    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 2.0})
     received = b""
     async with (
         aiohttp.ClientSession() as s,
@@ -215,7 +216,8 @@ async def test_openai_sdk_sees_a_cut_stream_as_an_error(
     upstream: FakeUpstream, start_proxy: ProxyFactory
 ) -> None:
     upstream.handlers[("POST", "/v1/chat/completions")] = stalled_stream("partial")
-    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 0.4})
+    # Long enough that a loaded machine still relays the first chunk (production then stalls).
+    proxy = await start_proxy(upstream.base_url, production={"read_timeout_s": 2.0})
     client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="sk", max_retries=0)
     stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     got: list[str] = []

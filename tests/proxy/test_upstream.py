@@ -241,7 +241,7 @@ async def test_unanswered_request_times_out(start):
     with pytest.raises(UpstreamTimeout) as err:
         await pool.request("GET", "/", [], b"")
     assert err.value.kind == "timeout" and isinstance(err.value, TimeoutError)
-    assert 0.15 < time.monotonic() - t0 < 0.6
+    assert 0.15 < time.monotonic() - t0 < 5  # a loaded machine may be late, never early
 
 
 async def test_body_stalling_after_headers_times_out(start):
@@ -263,14 +263,15 @@ async def test_total_timeout_bounds_a_slow_trickle(start):
             await writer.drain()
             await asyncio.sleep(0.05)
 
-    _, pool = await start(script, read_timeout=0.2, total_timeout=0.35)
+    # The trickle would take 5 s and never leaves read_timeout's window; total_timeout ends it.
+    _, pool = await start(script, read_timeout=2, total_timeout=1.0)
     t0 = time.monotonic()
     resp = await pool.request("GET", "/", [], b"")
     got = b""
     with pytest.raises(UpstreamTimeout):
         while chunk := await resp.read():
             got += chunk
-    assert 0.3 < time.monotonic() - t0 < 0.6 and len(got) >= 3
+    assert 1.0 <= time.monotonic() - t0 < 4.5 and len(got) >= 3
     resp.close()
 
 
@@ -465,7 +466,7 @@ async def test_waiting_for_a_slot_is_bounded_by_total_timeout(start):
     _, pool = await start(replying(OK), limit=1, read_timeout=0.2, total_timeout=0.2)
     held = await pool.request("GET", "/", [], b"")
     try:
-        async with asyncio.timeout(0.6):
+        async with asyncio.timeout(5):  # only a wait that is never bounded reaches this
             with pytest.raises(UpstreamTimeout):
                 await pool.request("GET", "/", [], b"")
     finally:

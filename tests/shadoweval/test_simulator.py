@@ -287,7 +287,9 @@ async def test_ttft_median_follows_the_latency_model() -> None:
                 # The sd of the log of a median of n log-normal draws is 1.2533 sigma / sqrt(n).
                 slack = math.exp(4 * 1.2533 * spec.sigma / math.sqrt(n))
                 median = statistics.median(got)
-                assert want / slack <= median <= want * slack + 25, (name, median, want)
+                # Plus up to 75 ms for the SDK and the loop on a loaded machine (a model that
+                # ignored time_scale would take 160 ms for "small", 20 times as long).
+                assert want / slack <= median <= want * slack + 75, (name, median, want)
     finally:
         await running.close()
 

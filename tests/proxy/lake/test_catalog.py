@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import duckdb
@@ -137,19 +138,30 @@ def test_a_catalog_another_process_made_first_is_kept(tmp_path):
 def test_refresh_waits_for_a_user_holding_the_catalog(tmp_path):
     catalog.refresh(tmp_path)
     db = str(tmp_path / "catalog.duckdb")
+    # The user holds the catalog until told to let go (a line on stdin), however slow the
+    # machine: a fixed hold could end before the first refresh tries.
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({db!r}); print('held', flush=True); time.sleep(1.5)",
+            f"import duckdb, sys; c = duckdb.connect({db!r}); print('held', flush=True); "
+            "sys.stdin.readline()",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     with pytest.raises(LakeError, match="cannot update"):
         catalog.refresh(tmp_path, lock_timeout_s=0.2)
+
+    def let_go() -> None:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+
+    threading.Timer(0.5, let_go).start()
     t0 = time.monotonic()
     catalog.refresh(tmp_path, lock_timeout_s=30)  # succeeds once the user lets go
-    assert time.monotonic() - t0 > 0.2
+    assert time.monotonic() - t0 >= 0.4
     holder.wait(timeout=30)
