@@ -135,10 +135,8 @@ def _create(
         _refresh_once(aside, data_dir, stuck, migrations)
         os.link(aside, path)  # atomic, and never replaces a catalog someone else made
         return True
-    except FileExistsError:
-        return False
-    except OSError:  # a file system without hard links: the catalog is made in place
-        return False
+    except OSError:  # another process linked its catalog first (FileExistsError), or a file
+        return False  # system without hard links: the caller refreshes or makes it in place
     except duckdb.Error as exc:
         raise LakeError(f"cannot create {path}: {exc}") from None
     finally:

@@ -87,7 +87,11 @@ class Proc:
         await until(lambda: self.listening() == set(range(workers)), within)
 
     def listening(self) -> set[int]:
-        return {line["worker"] for line in self.log_lines() if line.get("event") == "listening"}
+        return {line["worker"] for line in self.events("listening")}
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The log lines of event `name`, in order."""
+        return [line for line in self.log_lines() if line.get("event") == name]
 
     async def wait(self, within: float = 60.0) -> int:
         await asyncio.wait_for(asyncio.shield(self._reader), within)
@@ -240,20 +244,25 @@ async def test_grace_period_bounds_shutdown(tmp_path: Path, upstream: FakeUpstre
     assert upstream.cancelled == 1
 
 
+@asynccontextmanager
+async def two_workers(tmp_path: Path, upstream: FakeUpstream, requests: int) -> AsyncIterator[Proc]:
+    """`serve --workers 2` with both workers listening (each logs its own "listening" line
+    with its index), once `requests` chat requests were answered."""
+    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
+        await proc.wait_ready()
+        await proc.wait_listening(2)
+        await post_chats(proc, requests)
+        yield proc
+
+
 async def test_workers_share_one_port_and_stop_together(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
-    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
-        await proc.wait_ready()
-        # Both workers are up (each logs its own "listening" line with its index).
-        await proc.wait_listening(2)
-        await post_chats(proc, 20)
-        worker_pids = next(
-            line["pids"] for line in proc.log_lines() if line.get("event") == "workers started"
-        )
+    async with two_workers(tmp_path, upstream, 20) as proc:
+        worker_pids = proc.events("workers started")[0]["pids"]
         proc.proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
-    stopped = [line for line in proc.log_lines() if line.get("event") == "stopped"]
+    stopped = proc.events("stopped")
     assert len(stopped) == 2, proc.stderr.decode()[-3000:]
     for pid in worker_pids:
         with pytest.raises(ProcessLookupError):
@@ -281,11 +290,8 @@ async def test_workers_whose_parent_is_killed_drain_and_stop(
 ) -> None:
     """SIGKILL reaches the parent alone and forwards nothing: its workers notice on their own,
     shut down as on SIGTERM and free the port, rather than serve on by themselves."""
-    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
-        await proc.wait_ready()
-        await proc.wait_listening(2)
-        await post_chats(proc, 20)
-        started = next(line for line in proc.log_lines() if line.get("event") == "workers started")
+    async with two_workers(tmp_path, upstream, 20) as proc:
+        started = proc.events("workers started")[0]
         worker_pids, metrics_dir = started["pids"], Path(started["metrics_dir"])
         await until(metrics_dir.is_dir, within=1)
         proc.proc.kill()
@@ -294,9 +300,7 @@ async def test_workers_whose_parent_is_killed_drain_and_stop(
         assert refused(proc.port)
         # The last worker out removed what the parent would have.
         await until(lambda: not metrics_dir.exists(), within=1)
-    lines = proc.log_lines()
-    gone = [line for line in lines if line.get("event") == "parent process gone"]
-    stopped = [line for line in lines if line.get("event") == "stopped"]
+    gone, stopped = proc.events("parent process gone"), proc.events("stopped")
     assert {line["worker"] for line in gone} == {line["worker"] for line in stopped} == {0, 1}
     # Drained and flushed like a SIGTERM: no row lost.
     con = connect(tmp_path / "lake")
@@ -308,16 +312,13 @@ async def test_metrics_of_several_workers_show_all_of_them_whichever_answers(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
     """Each scrape reaches one worker; every scrape shows the requests of both, summed."""
-    async with serve(tmp_path, upstream.base_url, "--workers", "2") as proc:
-        await proc.wait_ready()
-        await proc.wait_listening(2)
-        await post_chats(proc, 30)
+    async with two_workers(tmp_path, upstream, 30) as proc:
 
         def served() -> set[int]:
             return {
                 line["worker"]
-                for line in proc.log_lines()
-                if line.get("event") == "access" and line.get("route") == "/v1/chat/completions"
+                for line in proc.events("access")
+                if line.get("route") == "/v1/chat/completions"
             }
 
         # Both workers answered some (else this test proves nothing).

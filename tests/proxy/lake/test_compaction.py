@@ -154,12 +154,15 @@ def test_compaction_while_reading_never_shows_duplicates_or_gaps(tmp_path):
         last = 0
         checks = 0
         vanished = 0
+
+        def seen_enough() -> bool:
+            return checks > 20 and any(n.startswith("compact-") for n in _segments(tmp_path))
+
         # At least 5 s of reading, and on until there was something to see (a loaded machine
         # may need longer for 20 queries and a merge).
         start = time.monotonic()
-        while time.monotonic() - start < 5.0 or (
-            (checks <= 20 or not any(n.startswith("compact-") for n in _segments(tmp_path)))
-            and time.monotonic() - start < 60
+        while (time.monotonic() - start < 5.0 or not seen_enough()) and (
+            time.monotonic() - start < 60
         ):
             lower = written[0]  # rows written before the query started are all visible
             try:
