@@ -35,6 +35,7 @@ from proxy.forward import AiohttpAnswer, Exchange, Forwarder, Incoming, upstream
 from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import LakeRecorder, Recorder
 from proxy.lake.writer_process import ProcessRecorder
+from proxy.log import access_lines
 from proxy.metrics import ProxyMetrics, metrics_handler
 from proxy.mirror import Mirror
 from proxy.sampling import Sampler
@@ -162,7 +163,7 @@ def create_app(
     metrics = ProxyMetrics(registry)
     lifecycle = Lifecycle()
     app = web.Application(
-        middlewares=[make_edge_middleware(metrics, settings.server.access_log)],
+        middlewares=[make_edge_middleware(metrics, access_lines(settings))],
         # The proxy route enforces body_limit_bytes itself; admin routes have their own limit.
         client_max_size=max(settings.server.body_limit_bytes, settings.admin.labels_max_bytes),
     )

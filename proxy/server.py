@@ -32,7 +32,7 @@ from proxy.app import LIFECYCLE, METRICS, SERVICE, create_app
 from proxy.config import Settings
 from proxy.errors import ConfigError, ShadowevalError
 from proxy.front_site import Front, FrontSite
-from proxy.log import configure_logging
+from proxy.log import access_lines, configure_logging
 from proxy.worker_metrics import forget
 
 log = structlog.get_logger("shadoweval.server")
@@ -96,7 +96,7 @@ async def start_site(
             runner.server,
             app[SERVICE],
             app[METRICS],
-            settings.server.access_log,
+            access_lines(settings),
             write_timeout_s=settings.server.client_write_timeout_s,
         )
         site = FrontSite(

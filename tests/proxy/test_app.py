@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import LIFECYCLE, create_app
 from proxy.config import LoggingSettings
 from proxy.health import Lifecycle
-from proxy.log import CURRENT_REQUEST_ID, configure_logging
+from proxy.log import CURRENT_REQUEST_ID, access_lines, configure_logging
 from tests.proxy.conftest import FakeUpstream, ProxyFactory, RunningProxy, make_settings
 
 
@@ -143,8 +143,9 @@ async def test_each_app_has_its_own_registry(upstream: FakeUpstream, tmp_path: P
 
 
 async def test_access_line_per_request_without_content_or_credentials(
-    proxy: RunningProxy, log_stream: io.StringIO
+    upstream: FakeUpstream, start_proxy: ProxyFactory, log_stream: io.StringIO
 ) -> None:
+    proxy = await start_proxy(upstream.base_url, logging={"level": "debug"})
     secret_prompt, secret_key = "PROMPT-TEXT-4242", "sk-live-credential-1234"
     async with aiohttp.ClientSession() as s:
         async with s.post(
@@ -183,6 +184,19 @@ async def test_access_log_can_be_turned_off(
     structlog.get_logger("t").info("marker")  # the capture works: lines do arrive
     events = [json.loads(line)["event"] for line in log_stream.getvalue().splitlines()]
     assert "marker" in events and "access" not in events
+
+
+def test_access_lines_are_not_even_made_when_the_level_filters_them(tmp_path: Path) -> None:
+    """Under `logging.level: warning` the info-level access line would be dropped anyway."""
+    at = {
+        (level, on): access_lines(
+            make_settings("http://127.0.0.1:9", tmp_path, logging={"level": level},
+                          server={"access_log": on})
+        )
+        for level in ("debug", "info", "warning", "error")
+        for on in (True, False)
+    }  # fmt: skip
+    assert [k for k, v in at.items() if v] == [("debug", True), ("info", True)]
 
 
 async def test_lines_logged_while_a_request_runs_carry_its_id(log_stream: io.StringIO) -> None:
