@@ -153,8 +153,8 @@ class Capture:
     def on_headers(self, upstream: UpstreamResponse) -> None:
         """Production answered: choose how to read its body, then start the shadow calls."""
         try:
-            ctype = upstream.headers.get("Content-Type", "")
-            encoding = upstream.headers.get("Content-Encoding", "").strip().lower()
+            ctype = upstream.content_type
+            encoding = upstream.content_encoding.strip().lower()
             if encoding in ("gzip", "deflate", "x-gzip"):
                 # Asked for identity, got compressed anyway: inflate a copy for the record.
                 self._inflate = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)

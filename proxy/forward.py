@@ -32,6 +32,7 @@ from proxy.errors import (
 )
 from proxy.stall import StallWatch, stalled_error
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from proxy.upstream_conn import decode
 
 log = structlog.get_logger("shadoweval.proxy")
 
@@ -51,6 +52,7 @@ HOP_BY_HOP = frozenset(
 )
 # Also recomputed by the HTTP client for the upstream request.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
+_HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
 SHADOW_PREFIX = "x-shadow-"
 
 OnHeaders = Callable[[UpstreamResponse], None]
@@ -75,9 +77,10 @@ class ClientAnswer(Protocol):
     """
 
     async def start(
-        self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
+        self, status: int, reason: str, headers: list[tuple[bytes, bytes]], whole: bool
     ) -> None:
-        """Send the status line and headers (`whole`: the body is already complete)."""
+        """Send the status line and headers, given as the bytes production sent (`whole`:
+        the body is already complete)."""
 
     async def write(self, chunk: bytes) -> None:
         """Send one body chunk, waiting while the client reads slower than we write."""
@@ -129,13 +132,14 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
-    """Production's response headers minus hop-by-hop ones; repeated headers kept.
-
-    Pairs, not a multidict: the response builds its own multidict from them anyway.
-    """
-    drop = HOP_BY_HOP | _connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
-    return [(name, value) for name, value in upstream.items() if name.lower() not in drop]
+def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Production's response headers minus hop-by-hop ones, as the bytes they arrived as;
+    repeated headers kept in order. (Not decoded: the lean front writes them as they are.)"""
+    drop = _HOP_BY_HOP_RAW
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    return [(name, value) for name, value in raw if name.lower() not in drop]
 
 
 def upstream_pool(production: ProductionSettings) -> UpstreamPool:
@@ -211,11 +215,12 @@ class AiohttpAnswer:
             raise stalled_error(self._write_timeout_s)
 
     async def start(
-        self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
+        self, status: int, reason: str, headers: list[tuple[bytes, bytes]], whole: bool
     ) -> None:
         """Prepare the response; an answer that arrived whole leaves in one write."""
         kind = _WholeAnswer if whole else web.StreamResponse
-        self.response = kind(status=status, reason=reason, headers=headers)
+        pairs = [(decode(name), decode(value)) for name, value in headers]
+        self.response = kind(status=status, reason=reason, headers=pairs)
         await self._bounded(self.response.prepare(self._request))
 
     async def write(self, chunk: bytes) -> None:
@@ -323,7 +328,7 @@ class Forwarder:
                 await answer.start(
                     upstream.status,
                     upstream.reason,
-                    response_headers(upstream.headers),
+                    response_headers(upstream.raw_headers),
                     upstream.body_complete,
                 )
             except ConnectionError as exc:

@@ -20,6 +20,7 @@ from proxy.ids import REQUEST_ID_HEADER
 
 # Statuses whose answers never have a body (RFC 9110 §6.4.1).
 _NO_BODY = frozenset({204, 304})
+_REQUEST_ID = REQUEST_ID_HEADER.encode("ascii")  # lower case, as compared below
 
 
 class Connection(Protocol):
@@ -93,22 +94,22 @@ class LeanAnswer:
         return self.status is not None
 
     async def start(
-        self, status: int, reason: str, headers: list[tuple[str, str]], whole: bool
+        self, status: int, reason: str, headers: list[tuple[bytes, bytes]], whole: bool
     ) -> None:
         """Build the head; send it now unless the body it precedes is already here."""
         self.status = status
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _encode(reason))]
         has_length = has_date = False
-        for name, value in headers:
+        for name, value in headers:  # as production sent them: no decoding, no encoding
             low = name.lower()
-            if low == "content-length":
+            if low == b"content-length":
                 has_length = True
-            elif low == "date":
+            elif low == b"date":
                 has_date = True
-            elif low == REQUEST_ID_HEADER:
+            elif low == _REQUEST_ID:
                 continue  # ours replaces one from production (another proxy behind us)
-            parts.append(b"%s: %s\r\n" % (_encode(name), _encode(value)))
-        parts.append(b"%s: %s\r\n" % (REQUEST_ID_HEADER.encode(), self._request_id.encode()))
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(b"%s: %s\r\n" % (_REQUEST_ID, self._request_id.encode()))
         if not has_date:
             parts.append(b"Date: " + http_date() + b"\r\n")
         if not self._keep_alive:

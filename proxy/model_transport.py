@@ -59,7 +59,7 @@ class _PoolAnswer:
     def __init__(self, resp: UpstreamResponse) -> None:
         self._resp = resp
         self.status = resp.status
-        self.content_type = resp.headers.get("Content-Type", "")
+        self.content_type = resp.content_type
 
     async def read(self) -> bytes:
         return await self._resp.read()

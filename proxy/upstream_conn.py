@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024
 
 
+def decode(raw: bytes) -> str:
+    """Header bytes as text, losslessly (encode with surrogateescape to get them back)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class UpstreamError(Exception):
     """The upstream exchange failed; `kind` is connect | timeout | invalid."""
 
@@ -54,18 +59,51 @@ class _Disconnected(UpstreamError):
 
 
 class UpstreamResponse:
-    """One answer: status, reason and headers at once; the body as it arrives."""
+    """One answer: status, reason and headers at once; the body as it arrives.
 
-    __slots__ = ("_conn", "_done", "headers", "reason", "status")
+    Headers stay the bytes they arrived as (`raw_headers`): the relay passes them on without
+    decoding and encoding them again. `content_type` and `content_encoding` (the first of
+    each, or "") are read while the head is parsed; `headers` decodes the rest on first use.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_done",
+        "_headers",
+        "content_encoding",
+        "content_type",
+        "raw_headers",
+        "reason",
+        "status",
+    )
 
     def __init__(
-        self, status: int, reason: str, headers: CIMultiDictProxy[str], conn: Connection
+        self,
+        status: int,
+        reason: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        conn: Connection,
+        *,
+        content_type: str = "",
+        content_encoding: str = "",
     ) -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.raw_headers = raw_headers
+        self.content_type = content_type
+        self.content_encoding = content_encoding
+        self._headers: CIMultiDictProxy[str] | None = None
         self._conn = conn
         self._done = False  # released or closed: the connection may serve someone else now
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """Every header, decoded as aiohttp decodes them; repeated ones kept in order."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(
+                CIMultiDict((decode(n), decode(v)) for n, v in self.raw_headers)
+            )
+        return self._headers
 
     @property
     def body_complete(self) -> bool:
@@ -104,7 +142,7 @@ class Connection(asyncio.Protocol):
         self._read_timeout = 0.0
         self._head: asyncio.Future[UpstreamResponse] | None = None
         self._reason = b""
-        self._raw_headers: list[tuple[str, str]] = []
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._got_bytes = False
         self._head_only = False
         self._chunks: deque[bytes] = deque()
@@ -160,9 +198,7 @@ class Connection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -171,15 +207,27 @@ class Connection(asyncio.Protocol):
             return
         head = self._head
         self._head = None
+        ctype = encoding = None
+        length = chunked = False
+        for name, value in self._raw_headers:  # one pass for what the relay and capture need
+            low = name.lower()
+            if low == b"content-length":
+                length = True
+            elif low == b"transfer-encoding":
+                chunked = chunked or b"chunked" in value.lower()
+            elif low == b"content-type":
+                ctype = decode(value) if ctype is None else ctype
+            elif low == b"content-encoding":
+                encoding = decode(value) if encoding is None else encoding
         response = UpstreamResponse(
             status,
-            self._reason.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(CIMultiDict(self._raw_headers)),
+            decode(self._reason),
+            self._raw_headers,
             self,
+            content_type=ctype or "",
+            content_encoding=encoding or "",
         )
-        self._until_eof = "Content-Length" not in response.headers and (
-            "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
-        )
+        self._until_eof = not length and not chunked
         if head is not None and not head.done():
             head.set_result(response)
         if self._head_only:  # HEAD: no body follows whatever the headers say
