@@ -48,7 +48,7 @@ __all__ = [
     "UpstreamTimeout",
 ]
 
-_IDLE_S = 15.0  # a pooled connection unused this long is closed
+_IDLE_S = 15.0  # a pooled connection unused this long is closed (checked every _IDLE_S / 4)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -85,7 +85,8 @@ class UpstreamPool:
         self._total_timeout = total_timeout
         self._limit = limit
         self._slots = asyncio.Semaphore(limit)
-        self._idle: list[Connection] = []
+        self._idle: list[Connection] = []  # the most recently used last
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self._all: set[Connection] = set()
         self._closing = False
         self.loop = asyncio.get_running_loop()
@@ -138,9 +139,9 @@ class UpstreamPool:
     async def _connection(self, deadline: float, *, reuse: bool) -> Connection:
         while reuse and self._idle:
             conn = self._idle.pop()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
+            if self.loop.time() - conn.idle_since >= _IDLE_S:  # stale, the sweep not yet run
+                conn.abort()
+                continue
             if not conn.closed:
                 conn.reused = True
                 return conn
@@ -167,20 +168,32 @@ class UpstreamPool:
         if self._closing:
             conn.abort()
             return
-        conn.idle_handle = self.loop.call_later(_IDLE_S, conn.abort)
+        # A time stamp, not a timer per request: one sweep closes the stale ones.
+        conn.idle_since = self.loop.time()
         self._idle.append(conn)
+        if self._sweep_handle is None:
+            self._sweep_handle = self.loop.call_later(_IDLE_S / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for `_IDLE_S` or more; look again while any stay idle."""
+        self._sweep_handle = None
+        stale_before = self.loop.time() - _IDLE_S
+        for conn in [conn for conn in self._idle if conn.idle_since <= stale_before]:
+            conn.abort()  # and forget(): out of the idle list
+        if self._idle and not self._closing:
+            self._sweep_handle = self.loop.call_later(_IDLE_S / 4, self._sweep)
 
     def forget(self, conn: Connection) -> None:
         self._all.discard(conn)
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
         if conn in self._idle:
             self._idle.remove(conn)
 
     async def close(self) -> None:
         """Close every connection, idle or busy."""
         self._closing = True
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
         for conn in list(self._all):
             conn.abort()
         self._idle.clear()

@@ -137,7 +137,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool
         self._deadline = 0.0
         self._read_timeout = 0.0
         self._head: asyncio.Future[UpstreamResponse] | None = None

@@ -412,6 +412,25 @@ async def test_close_closes_idle_and_busy_connections(start):
     assert srv.accepted == 3
 
 
+async def test_connections_idle_too_long_are_closed_and_busy_ones_kept(start, monkeypatch):
+    """The pool closes a connection left idle `_IDLE_S` (before the server might), whether
+    the sweep finds it or a request would have reused it; one in steady use stays open."""
+    monkeypatch.setattr("proxy.upstream._IDLE_S", 0.4)
+    srv, pool = await start(replying(OK))
+    assert (await fetch(pool))[1] == b"ok"
+    async with asyncio.timeout(5):  # the sweep (every _IDLE_S / 4) closed it
+        assert await srv.ended.get() == 1
+    for _ in range(8):  # never idle for long: the same connection throughout
+        assert (await fetch(pool))[1] == b"ok"
+        await asyncio.sleep(0.1)
+    assert srv.accepted == 2 and srv.ended.empty()
+    monkeypatch.setattr("proxy.upstream._IDLE_S", 0.15)  # stale before the next sweep
+    await asyncio.sleep(0.2)
+    assert (await fetch(pool))[1] == b"ok"  # not sent on the stale connection
+    assert srv.accepted == 3 and {c for c, _, _ in srv.requests[-1:]} == {3}
+    await pool.close()
+
+
 async def test_unsolicited_bytes_on_an_idle_connection_make_it_unusable(start):
     go = asyncio.Event()
 
