@@ -217,7 +217,7 @@ def serve_relay(port: int, upstream: str, kind: str) -> None:
         pool = UpstreamPool(
             upstream, limit=1000, connect_timeout=5, read_timeout=30, total_timeout=60
         )
-        json_headers = [("Content-Type", "application/json")]
+        json_headers = [(b"Content-Type", b"application/json")]
 
         async def relay(target: str, body: bytes) -> tuple[int, bytes]:
             answer = await pool.request("POST", target, json_headers, body)

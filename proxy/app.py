@@ -81,7 +81,12 @@ def _aiohttp_handler(app: web.Application) -> Handler:
         exchange = Exchange.begin()
         request[EXCHANGE] = exchange
         incoming = Incoming(
-            request.method, request.path, request.raw_path, request.headers, request[REQUEST_ID]
+            request.method,
+            request.path,
+            request.raw_path,
+            request.headers,
+            request[REQUEST_ID],
+            request.raw_headers,
         )
         answer = AiohttpAnswer(request, write_timeout_s)
         await app[SERVICE].relay(

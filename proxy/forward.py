@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -53,7 +53,9 @@ HOP_BY_HOP = frozenset(
 # Also recomputed by the HTTP client for the upstream request.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 _HOP_BY_HOP_RAW = frozenset(name.encode("ascii") for name in HOP_BY_HOP)
+_REQUEST_DROP_RAW = frozenset(name.encode("ascii") for name in _REQUEST_DROP)
 SHADOW_PREFIX = "x-shadow-"
+_SHADOW_PREFIX_RAW = SHADOW_PREFIX.encode("ascii")
 
 OnHeaders = Callable[[UpstreamResponse], None]
 OnChunk = Callable[[bytes], None]
@@ -68,6 +70,7 @@ class Incoming:
     raw_path: str  # as the client sent it (path and query), for production
     headers: CIMultiDictProxy[str]
     request_id: str
+    raw_headers: Sequence[tuple[bytes, bytes]]  # the same headers as sent, for production
 
 
 class ClientAnswer(Protocol):
@@ -126,19 +129,18 @@ class Exchange:
         return 499 if self.error == "dropped" else answered
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Header names the sender declared hop-by-hop in its `Connection` header."""
-    values = headers.getall("Connection", ())
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+def _dropping(drop: frozenset[bytes], raw: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """`drop` plus the header names the sender declared hop-by-hop in `Connection`."""
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    return drop
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Production's response headers minus hop-by-hop ones, as the bytes they arrived as;
     repeated headers kept in order. (Not decoded: the lean front writes them as they are.)"""
-    drop = _HOP_BY_HOP_RAW
-    for name, value in raw:
-        if name.lower() == b"connection":
-            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+    drop = _dropping(_HOP_BY_HOP_RAW, raw)
     return [(name, value) for name, value in raw if name.lower() not in drop]
 
 
@@ -246,35 +248,31 @@ class Forwarder:
         """Precompute what every request needs: the base path and Authorization."""
         self._pool = pool
         self._base_path = urlsplit(production.base_url).path.rstrip("/")
-        self._auth = f"Bearer {production.api_key}" if production.api_key else None
+        self._auth = f"Bearer {production.api_key}".encode() if production.api_key else None
 
     def upstream_target(self, raw_path: str) -> str:
         """`/v1/x?q` → `<base path>/x?q`, keeping the client's encoding of path and query."""
         return self._base_path + raw_path[3:]
 
     def request_headers(
-        self, incoming: CIMultiDictProxy[str], *, identity: bool
-    ) -> list[tuple[str, str]]:
-        """The client's headers for production: hop-by-hop and proxy controls removed,
-        Authorization replaced when the proxy has its own production key."""
-        drop = (
-            _REQUEST_DROP | _connection_tokens(incoming)
-            if "Connection" in incoming
-            else _REQUEST_DROP
-        )
-        out: list[tuple[str, str]] = []
-        for name, value in incoming.items():
+        self, raw: Sequence[tuple[bytes, bytes]], *, identity: bool
+    ) -> list[tuple[bytes, bytes]]:
+        """The client's headers for production, as the client sent them: hop-by-hop and
+        proxy controls removed, Authorization replaced when the proxy has its own key."""
+        drop = _dropping(_REQUEST_DROP_RAW, raw)
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in raw:
             low = name.lower()
-            if low in drop or low.startswith(SHADOW_PREFIX):
+            if low in drop or low.startswith(_SHADOW_PREFIX_RAW):
                 continue
-            if (low == "authorization" and self._auth) or (identity and low == "accept-encoding"):
+            if (low == b"authorization" and self._auth) or (identity and low == b"accept-encoding"):
                 continue
             out.append((name, value))
         if self._auth:
-            out.append(("Authorization", self._auth))
+            out.append((b"Authorization", self._auth))
         if identity:
             # Recorded routes ask for an uncompressed answer so it can be read as it streams.
-            out.append(("Accept-Encoding", "identity"))
+            out.append((b"Accept-Encoding", b"identity"))
         return out
 
     async def relay(
@@ -295,7 +293,7 @@ class Forwarder:
         not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
         """
         target = self.upstream_target(incoming.raw_path)
-        headers = self.request_headers(incoming.headers, identity=identity)
+        headers = self.request_headers(incoming.raw_headers, identity=identity)
         exchange.started_at, exchange.t0 = datetime.now(UTC), time.perf_counter()
         try:
             upstream = await self._pool.request(incoming.method, target, headers, body)

@@ -54,13 +54,15 @@ _DISCARD_S = 10.0  # how long a refused body is read and dropped before closing
 class _Head:
     """llhttp's callbacks for one request head: the headers, as aiohttp decodes them."""
 
-    __slots__ = ("complete", "headers")
+    __slots__ = ("complete", "headers", "raw")
 
     def __init__(self) -> None:
         self.headers: CIMultiDict[str] = CIMultiDict()
+        self.raw: list[tuple[bytes, bytes]] = []  # as sent: what production gets
         self.complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw.append((name, value))
         self.headers.add(
             name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
         )
@@ -79,8 +81,10 @@ class FrontProtocol(asyncio.Protocol):
         self._task: asyncio.Task[Any] | None = None
         self._body_needed = -1  # bytes of body still to read for the pending head; -1: none
         # The request whose head was read and whose body is still arriving:
-        # method, target, headers, keep-alive, request id.
-        self._pending: tuple[str, str, CIMultiDictProxy[str], bool, str] | None = None
+        # method, target, headers (decoded, and as sent), keep-alive, request id.
+        self._pending: (
+            tuple[str, str, CIMultiDictProxy[str], list[tuple[bytes, bytes]], bool, str] | None
+        ) = None
         self._discard = 0  # bytes of a refused body still to drop
         self._scanned = 0  # bytes of the buffer already searched for the end of a head
         self._last_active = time.monotonic()
@@ -182,7 +186,7 @@ class FrontProtocol(asyncio.Protocol):
     def _drop_pending(self) -> None:
         """A request still uploading its body when the connection closes: counted as 499."""
         assert self._pending is not None
-        method, target, _, _, rid = self._pending
+        method, target, _, _, _, rid = self._pending
         self._pending, self._body_needed = None, -1
         count_unserved(self._front, method, target, rid, 499)
 
@@ -262,7 +266,7 @@ class FrontProtocol(asyncio.Protocol):
         if length and "Expect" in headers:
             with contextlib.suppress(ConnectionError):
                 self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._pending = (method, target, CIMultiDictProxy(headers), keep_alive, rid)
+        self._pending = (method, target, CIMultiDictProxy(headers), head.raw, keep_alive, rid)
         self._body_needed = length
         self._take_body()
 
@@ -272,13 +276,15 @@ class FrontProtocol(asyncio.Protocol):
         if len(self._buf) < need:
             return
         assert self._pending is not None
-        method, target, headers, keep_alive, rid = self._pending
+        method, target, headers, raw_headers, keep_alive, rid = self._pending
         self._pending, self._body_needed = None, -1
         body = bytes(self._buf[:need])
         del self._buf[:need]
         self._front.requests_served += 1
         self._task = self._front.tasks.spawn(
-            serve_request(self._front, self, rid, method, target, headers, body, keep_alive),
+            serve_request(
+                self._front, self, rid, method, target, headers, raw_headers, body, keep_alive
+            ),
             "request",
         )
         self._task.add_done_callback(self._request_done)

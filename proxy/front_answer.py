@@ -108,7 +108,7 @@ class LeanAnswer:
                 has_date = True
             elif low == _REQUEST_ID:
                 continue  # ours replaces one from production (another proxy behind us)
-            parts.append(b"%s: %s\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
         parts.append(b"%s: %s\r\n" % (_REQUEST_ID, self._request_id.encode()))
         if not has_date:
             parts.append(b"Date: " + http_date() + b"\r\n")

@@ -73,6 +73,7 @@ async def serve_request(
     method: str,
     target: str,
     headers: CIMultiDictProxy[str],
+    raw_headers: list[tuple[bytes, bytes]],
     body: bytes,
     keep: bool,
 ) -> bool:
@@ -87,7 +88,7 @@ async def serve_request(
     front.metrics.in_flight.inc()
     token = CURRENT_REQUEST_ID.set(rid)
     try:
-        incoming = Incoming(method, path, target, headers, rid)
+        incoming = Incoming(method, path, target, headers, rid, raw_headers)
         label = v1_route_label(method, path)
         await front.service.relay(incoming, body, received_at, exchange, answer, label)
         status = exchange.client_status(answer.status or 500)

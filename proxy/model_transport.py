@@ -76,13 +76,19 @@ class PoolTransport:
 
     def __init__(self, pool: UpstreamPool, headers: CIMultiDict[str]) -> None:
         self._pool = pool
-        self._headers = [(n, v) for n, v in headers.items() if n.lower() not in _POOL_OWNED]
+        self._headers = [
+            (n.encode(), v.encode()) for n, v in headers.items() if n.lower() not in _POOL_OWNED
+        ]
         # Bodies are read as sent: ask for them uncompressed.
-        self._headers.append(("Accept-Encoding", "identity"))
+        self._headers.append((b"Accept-Encoding", b"identity"))
+        self._targets: dict[str, str] = {}  # url -> path and query (a candidate has a few)
 
     async def post(self, url: str, data: bytes) -> Answer:
-        parts = urlsplit(url)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            self._targets[url] = target
         return _PoolAnswer(await self._pool.request("POST", target, self._headers, data))
 
 

@@ -671,6 +671,27 @@ async def test_hop_by_hop_headers_stay_and_end_to_end_ones_pass(
     assert reply.h["Content-Length"] == "2"
 
 
+async def test_request_headers_reach_production_as_the_bytes_sent(
+    proxy: RunningProxy, plain: RunningProxy, upstream: FakeUpstream
+) -> None:
+    """Through either server, production gets the client's header bytes unchanged (even
+    bytes that are not UTF-8), without hop-by-hop headers, those Connection names, or the
+    proxy's own controls."""
+    raw = build(
+        "POST",
+        "/v1/chat/completions",
+        chat_body(),
+        [("X-Label", "caf\xe9"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"),
+         ("x-shadow-tags", "a"), ("X-Kept", "yes")],
+    )  # fmt: skip
+    for front in (proxy, plain):
+        assert (await exchange(front, raw)).status == 200
+        seen = {name.lower(): value for name, value in upstream.seen[-1].headers.items()}
+        assert seen["x-label"].encode("utf-8", "surrogateescape") == b"caf\xe9"
+        assert seen["x-kept"] == "yes"
+        assert not {"x-hop", "x-shadow-tags", "connection"} & set(seen)
+
+
 async def test_productions_own_request_id_header_is_replaced(
     proxy: RunningProxy, plain: RunningProxy, upstream: FakeUpstream
 ) -> None:

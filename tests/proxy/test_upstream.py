@@ -141,7 +141,7 @@ async def test_post_sends_exact_head_and_body_and_parses_the_answer(start):
     answer = b"HTTP/1.1 201 Created\r\nSet-Cookie: a=1\r\nContent-Type: application/json\r\n"
     answer += b'set-cookie: b=2\r\nContent-Length: 11\r\n\r\n{"ok":true}'
     srv, pool = await start(replying(answer))
-    headers = [("X-A", "1"), ("Authorization", "Bearer t"), ("x-a", "2")]
+    headers = [(b"X-A", b"1"), (b"Authorization", b"Bearer t"), (b"x-a", b"2")]
     resp, data = await fetch(pool, "POST", "/v1/chat?x=1", headers, b'{"q": 1}\n')
     host = f"Host: 127.0.0.1:{srv.port}\r\n".encode()
     head = b"POST /v1/chat?x=1 HTTP/1.1\r\n" + host + b"X-A: 1\r\nAuthorization: Bearer t\r\n"
@@ -378,9 +378,12 @@ async def test_large_body_read_slowly_is_flow_controlled_and_intact():
 
 async def test_header_with_line_break_raises_and_sends_nothing(start):
     srv, pool = await start(replying(OK), limit=1)
-    for name, value in [("X-A", "1\r\nX-Evil: 1"), ("X-A", "1\n"), ("X\rB", "1")]:
-        with pytest.raises(ValueError):
-            await pool.request("GET", "/", [(name, value)], b"")
+    bad = [(b"X-A", b"1\r\nX-Evil: 1"), (b"X-A", b"1\n"), (b"X\rB", b"1"), (b"X-B", b"\r")]
+    for name, value in bad:
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("GET", "/", [(b"X-Fine", b"1"), (name, value)], b"")
+    with pytest.raises(ValueError, match="request line"):
+        await pool.request("GET", "/x\r\nX-Evil: 1", [], b"")
     assert (await fetch(pool))[1] == b"ok"  # and the only slot was not taken
     assert srv.accepted == 1 and len(srv.requests) == 1
     assert b"Evil" not in srv.requests[0][1]
