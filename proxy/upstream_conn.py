@@ -17,7 +17,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 if TYPE_CHECKING:
-    from proxy.upstream import UpstreamPool
+    from proxy.upstream import Slots, UpstreamPool
 
 # Unread body bytes past which the socket is paused until the relay catches up.
 HIGH_WATER = 256 * 1024
@@ -154,7 +154,7 @@ class Connection(asyncio.Protocol):
         self._keep_alive = False
         self._until_eof = False  # the answer has neither length nor chunking
         self._extra = False  # bytes of a second, unasked-for answer arrived
-        self.slots: asyncio.Semaphore | None = None  # the pool slot this answer holds
+        self.slots: Slots | None = None  # the pool slot this answer holds
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -326,7 +326,7 @@ class Connection(asyncio.Protocol):
     def _free_slot(self) -> None:
         slots, self.slots = self.slots, None
         if slots is not None:
-            slots.release()
+            slots.give()
 
     def _wait_s(self) -> float:
         return max(0.0, min(self._read_timeout, self._deadline - self._loop.time()))

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.upstream import (
     HIGH_WATER,
+    Slots,
     UpstreamError,
     UpstreamInvalid,
     UpstreamPool,
@@ -548,3 +549,39 @@ async def test_https_upstream_verifies_its_certificate_and_keeps_the_connection(
         await trusting.close()
         await untrusting.close()
         await runner.cleanup()
+
+
+async def test_slots_hand_out_at_most_the_limit_in_arrival_order():
+    """The pool's slots: never more than `limit` held, waiters served first come first,
+    and a wait cancelled (or timed out) holds nothing, even when cancelled just as a
+    slot was handed to it."""
+    slots = Slots(2, asyncio.get_running_loop())
+    assert slots.take_now() and slots.take_now() and not slots.take_now()
+    order: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await slots.take()
+        order.append(i)
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()  # cancelled while waiting
+    slots.give()  # -> 0
+    slots.give()  # -> 2 (1 was cancelled)
+    tasks[3].cancel()
+    await asyncio.sleep(0)
+    assert order == [0, 2]
+    slots.give()  # 3 was cancelled while its wait had not ended: the slot stays free
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert slots.take_now() and not slots.take_now()
+    late = asyncio.create_task(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # handed to `late`...
+    late.cancel()  # ...cancelled before it ran: passed on, not lost
+    await asyncio.gather(late, return_exceptions=True)
+    assert late.cancelled() and slots.take_now() and not slots.take_now()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await slots.take()
+    slots.give()
+    assert slots.take_now()
