@@ -237,7 +237,9 @@ def serve_relay(port: int, upstream: str, kind: str) -> None:
             body = await request.read()
             if kind == "aiofloor":
                 async with session.post(
-                    base + request.path[3:], data=body, headers=dict(json_headers)
+                    base + request.path[3:],
+                    data=body,
+                    headers={"Content-Type": "application/json"},
                 ) as r:
                     status, data = r.status, await r.read()
             else:
