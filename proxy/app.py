@@ -13,7 +13,6 @@ recorder flushes last.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -34,6 +33,7 @@ from proxy.errors import body_too_large
 from proxy.forward import AiohttpAnswer, Exchange, Forwarder, Incoming, upstream_pool
 from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import LakeRecorder, Recorder
+from proxy.lake.schema import now_us
 from proxy.lake.writer_process import ProcessRecorder
 from proxy.log import access_lines
 from proxy.metrics import ProxyMetrics, metrics_handler
@@ -76,7 +76,7 @@ def _aiohttp_handler(app: web.Application) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         """Relay one request to production; record it when its route is recorded."""
-        received_at = datetime.now(UTC)
+        received_at = now_us()
         body = await read_body(request, limit)
         exchange = Exchange.begin()
         request[EXCHANGE] = exchange

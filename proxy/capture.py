@@ -13,7 +13,6 @@ import hashlib
 import re
 import zlib
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -66,7 +65,7 @@ def prompt_hash(route: str, body: Mapping[str, Any]) -> str | None:
 def request_row(
     *,
     request_id: str,
-    received_at: datetime,
+    received_at: int,
     route: str,
     method: str,
     raw_body: bytes,

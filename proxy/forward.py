@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -30,6 +29,7 @@ from proxy.errors import (
     upstream_timeout,
     upstream_unreachable,
 )
+from proxy.lake.schema import now_us
 from proxy.stall import StallWatch, stalled_error
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from proxy.upstream_conn import decode
@@ -99,7 +99,7 @@ class ClientAnswer(Protocol):
 class Exchange:
     """What happened on one production call: when, how long, and how it ended."""
 
-    started_at: datetime
+    started_at: int  # microseconds since the epoch (proxy.lake.schema.now_us)
     t0: float
     status: int | None = None
     upstream_ms: float | None = None  # until the response headers
@@ -111,7 +111,7 @@ class Exchange:
     @classmethod
     def begin(cls) -> Exchange:
         """A new exchange; `relay` resets the clock when the request is sent."""
-        return cls(datetime.now(UTC), time.perf_counter())
+        return cls(now_us(), time.perf_counter())
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request was sent."""
@@ -294,7 +294,7 @@ class Forwarder:
         """
         target = self.upstream_target(incoming.raw_path)
         headers = self.request_headers(incoming.raw_headers, identity=identity)
-        exchange.started_at, exchange.t0 = datetime.now(UTC), time.perf_counter()
+        exchange.started_at, exchange.t0 = now_us(), time.perf_counter()
         try:
             upstream = await self._pool.request(incoming.method, target, headers, body)
         except asyncio.CancelledError:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -21,6 +20,7 @@ from multidict import CIMultiDictProxy
 from proxy.errors import ProxyHTTPError
 from proxy.forward import Exchange, Incoming
 from proxy.front_answer import Connection, LeanAnswer, error_bytes
+from proxy.lake.schema import now_us
 from proxy.log import CURRENT_REQUEST_ID
 from proxy.v1 import v1_route_label
 
@@ -80,7 +80,7 @@ async def serve_request(
     """Relay one request and write its answer; True if the connection may be reused."""
     path = target.partition("?")[0]
     t0 = time.perf_counter()
-    received_at = datetime.now(UTC)
+    received_at = now_us()
     exchange = Exchange.begin()
     answer = LeanAnswer(conn, rid, keep)
     status = 500

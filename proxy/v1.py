@@ -9,7 +9,6 @@ arrives as an `Incoming`, the answer leaves through a `ClientAnswer`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -77,7 +76,7 @@ class V1Service:
         self._metrics = metrics
         self.body_limit = settings.server.body_limit_bytes
 
-    def _begin_capture(self, incoming: Incoming, body: bytes, received_at: datetime) -> Capture:
+    def _begin_capture(self, incoming: Incoming, body: bytes, received_at: int) -> Capture:
         """Decide about mirroring, record the `requests` row, and watch production's answer."""
         storage = self._settings.storage
         route = incoming.path
@@ -120,7 +119,7 @@ class V1Service:
         self,
         incoming: Incoming,
         body: bytes,
-        received_at: datetime,
+        received_at: int,
         exchange: Exchange,
         answer: ClientAnswer,
         route_label: str,

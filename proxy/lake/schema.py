@@ -7,13 +7,22 @@ metadata), and readers use `union_by_name`, so old segments read beside new ones
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+# Time columns: microseconds since the epoch, UTC. A row may give one as a UTC datetime or
+# as that integer (what the live path records: an int is read from the clock and pickled to
+# the lake writer in a third of a datetime's time).
 TS = pa.timestamp("us", tz="UTC")
+
+
+def now_us() -> int:
+    """Now, as a time column's integer."""
+    return time.time_ns() // 1000
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ bounds, drops, retries and shutdown, all counted."""
 
 import asyncio
 import shutil
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -158,6 +158,24 @@ async def test_rows_are_split_by_utc_day(tmp_path):
     rec.record("requests", request_row(1, received_at=late))
     rec.record("requests", request_row(2, received_at=late + timedelta(minutes=2)))
     await rec.close()
+    assert sorted(p.parent.name for p in _segments(tmp_path)) == [
+        "date=2026-03-01",
+        "date=2026-03-02",
+    ]
+
+
+async def test_time_columns_take_datetimes_or_microseconds_since_the_epoch(tmp_path):
+    """Live rows carry integer microseconds (cheaper to pickle); both forms land as the
+    same UTC timestamps and are partitioned by the same day."""
+    rec = Recorder(storage(tmp_path))
+    late = T0.replace(hour=23, minute=59)
+    as_us = (late - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    rec.record("requests", request_row(1, received_at=late))
+    rec.record("requests", request_row(2, received_at=as_us + 120_000_000))  # 2 min later
+    await rec.close()
+    con = connect(tmp_path)
+    got = con.execute("SELECT received_at FROM requests ORDER BY received_at").fetchall()
+    assert [r[0] for r in got] == [late, late + timedelta(minutes=2)]
     assert sorted(p.parent.name for p in _segments(tmp_path)) == [
         "date=2026-03-01",
         "date=2026-03-02",
