@@ -16,6 +16,8 @@ Semantics the relay relies on:
 - Waits are bounded: connecting by `connect_timeout`, every wait for bytes by
   `read_timeout`, the wait for a free pool slot and the whole exchange by `total_timeout`;
   each raises `UpstreamTimeout`.
+- Headers are bytes both ways: the caller's go out as given (a line break in any of them
+  raises ValueError, nothing is sent), the answer's come back as `raw_headers`.
 - Failures are `UpstreamError`s with a `kind` of connect | timeout | invalid.
 - A connection returns to the pool only after a complete answer the server did not ask
   to close; anything else closes it. A request on a reused connection that the server
