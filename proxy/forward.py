@@ -32,7 +32,7 @@ from proxy.errors import (
 from proxy.lake.schema import now_us
 from proxy.stall import StallWatch, stalled_error
 from proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
-from proxy.upstream_conn import decode
+from proxy.upstream_response import decode
 
 log = structlog.get_logger("shadoweval.proxy")
 

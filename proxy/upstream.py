@@ -38,10 +38,10 @@ from proxy.upstream_conn import (
     Connection,
     UpstreamError,
     UpstreamInvalid,
-    UpstreamResponse,
     UpstreamTimeout,
     _Disconnected,
 )
+from proxy.upstream_response import UpstreamResponse
 
 __all__ = [
     "HIGH_WATER",
