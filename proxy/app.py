@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.admin import setup_admin
+from proxy.aiohttp_answer import AiohttpAnswer
 from proxy.config import Settings
 from proxy.edge import (
     EXCHANGE,
@@ -30,7 +31,7 @@ from proxy.edge import (
     route_label,
 )
 from proxy.errors import body_too_large
-from proxy.forward import AiohttpAnswer, Exchange, Forwarder, Incoming, upstream_pool
+from proxy.forward import Exchange, Forwarder, Incoming, upstream_pool
 from proxy.health import Lifecycle, health_routes
 from proxy.lake.recorder import LakeRecorder, Recorder
 from proxy.lake.schema import now_us
