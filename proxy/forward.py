@@ -134,11 +134,12 @@ def _dropping(drop: frozenset[bytes], raw: Sequence[tuple[bytes, bytes]]) -> fro
     return drop
 
 
-def response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def response_headers(upstream: UpstreamResponse) -> list[tuple[bytes, bytes]]:
     """Production's response headers minus hop-by-hop ones, as the bytes they arrived as;
     repeated headers kept in order. (Not decoded: the lean front writes them as they are.)"""
-    drop = _dropping(_HOP_BY_HOP_RAW, raw)
-    return [(name, value) for name, value in raw if name.lower() not in drop]
+    named = upstream.connection_names  # found while the head was parsed
+    drop = _HOP_BY_HOP_RAW | named if named else _HOP_BY_HOP_RAW
+    return [(name, value) for name, value in upstream.raw_headers if name.lower() not in drop]
 
 
 def upstream_pool(production: ProductionSettings) -> UpstreamPool:
@@ -174,12 +175,12 @@ class Forwarder:
         """`/v1/x?q` → `<base path>/x?q`, keeping the client's encoding of path and query."""
         return self._base_path + raw_path[3:]
 
-    def request_headers(
-        self, raw: Sequence[tuple[bytes, bytes]], *, identity: bool
-    ) -> list[tuple[bytes, bytes]]:
+    def request_headers(self, incoming: Incoming, *, identity: bool) -> list[tuple[bytes, bytes]]:
         """The client's headers for production, as the client sent them: hop-by-hop and
         proxy controls removed, Authorization replaced when the proxy has its own key."""
-        drop = _dropping(_REQUEST_DROP_RAW, raw)
+        raw = incoming.raw_headers
+        connection = "Connection" in incoming.headers  # a lookup, not a pass over the headers
+        drop = _dropping(_REQUEST_DROP_RAW, raw) if connection else _REQUEST_DROP_RAW
         out: list[tuple[bytes, bytes]] = []
         for name, value in raw:
             low = name.lower()
@@ -213,7 +214,7 @@ class Forwarder:
         not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
         """
         target = self.upstream_target(incoming.raw_path)
-        headers = self.request_headers(incoming.raw_headers, identity=identity)
+        headers = self.request_headers(incoming, identity=identity)
         exchange.started_at, exchange.t0 = now_us(), time.perf_counter()
         try:
             upstream = await self._pool.request(incoming.method, target, headers, body)
@@ -246,7 +247,7 @@ class Forwarder:
                 await answer.start(
                     upstream.status,
                     upstream.reason,
-                    response_headers(upstream.raw_headers),
+                    response_headers(upstream),
                     upstream.body_complete,
                 )
             except ConnectionError as exc:

@@ -136,9 +136,12 @@ class Connection(asyncio.Protocol):
         self._head = None
         ctype = encoding = None
         length = chunked = False
+        named: set[bytes] = set()
         for name, value in self._raw_headers:  # one pass for what the relay and capture need
             low = name.lower()
-            if low == b"content-length":
+            if low == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+            elif low == b"content-length":
                 length = True
             elif low == b"transfer-encoding":
                 chunked = chunked or b"chunked" in value.lower()
@@ -153,6 +156,7 @@ class Connection(asyncio.Protocol):
             self,
             content_type=ctype or "",
             content_encoding=encoding or "",
+            connection_names=frozenset(named - {b""}),
         )
         self._until_eof = not length and not chunked
         if head is not None and not head.done():

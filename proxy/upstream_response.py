@@ -25,13 +25,15 @@ class UpstreamResponse:
 
     Headers stay the bytes they arrived as (`raw_headers`): the relay passes them on without
     decoding and encoding them again. `content_type` and `content_encoding` (the first of
-    each, or "") are read while the head is parsed; `headers` decodes the rest on first use.
+    each, or "") and `connection_names` (the header names `Connection` declares hop-by-hop,
+    lower case) are read while the head is parsed; `headers` decodes the rest on first use.
     """
 
     __slots__ = (
         "_conn",
         "_done",
         "_headers",
+        "connection_names",
         "content_encoding",
         "content_type",
         "raw_headers",
@@ -48,12 +50,14 @@ class UpstreamResponse:
         *,
         content_type: str = "",
         content_encoding: str = "",
+        connection_names: frozenset[bytes] = frozenset(),
     ) -> None:
         self.status = status
         self.reason = reason
         self.raw_headers = raw_headers
         self.content_type = content_type
         self.content_encoding = content_encoding
+        self.connection_names = connection_names
         self._headers: CIMultiDictProxy[str] | None = None
         self._conn = conn
         self._done = False  # released or closed: the connection may serve someone else now

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.forward import response_headers
 from proxy.upstream import (
     HIGH_WATER,
     Slots,
@@ -375,6 +376,27 @@ async def test_large_body_read_slowly_is_flow_controlled_and_intact():
     finally:
         await pool.close()
         await server.close()
+
+
+async def test_response_headers_pass_as_the_bytes_production_sent(start):
+    """Hop-by-hop headers (and those named in Connection, in any case) are dropped; the rest
+    keep their order, repeats and bytes, even bytes that are not UTF-8."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"CONNECTION: keep-alive, X-Hop\r\nx-hop: 1\r\nX-Name: caf\xe9\r\n"
+        b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    _, pool = await start(replying(answer))
+    resp, _ = await fetch(pool)
+    assert response_headers(resp) == [
+        (b"Content-Type", b"application/json"),
+        (b"X-Name", b"caf\xe9"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Content-Length", b"2"),
+    ]
+    assert resp.headers.getall("set-cookie") == ["a=1", "b=2"]
+    assert resp.headers["X-Name"].encode("utf-8", "surrogateescape") == b"caf\xe9"
 
 
 async def test_header_with_line_break_raises_and_sends_nothing(start):
