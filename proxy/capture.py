@@ -1,31 +1,32 @@
 """What the live path records about one request: its `requests` row and production's answer.
 
-A `Capture` watches one relayed exchange without ever holding it up: it sees production's
-response headers (and then hands a mirrored request to the mirror), every body chunk right
-after the client got it (SSE chunks go to a `StreamAssembler` as they come; a JSON answer is
-kept to be parsed once at the end), and finally writes the production `responses` row.
-Any failure in here is logged and disables the capture; it never breaks the relay.
+A `Capture` watches one relayed exchange without ever holding it up. Nothing of it runs
+before the request is on its way to production: once it is sent (`sent`), the body is
+parsed, the sampler decides and the `requests` row is recorded, while production works.
+Then the capture sees production's response headers (and hands a mirrored request to the
+mirror), every body chunk right after the client got it (SSE chunks go to a
+`StreamAssembler` as they come; a JSON answer is kept to be parsed once at the end), and
+finally writes the production `responses` row. Any failure in here is logged and disables
+the capture; it never breaks the relay.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
-from collections.abc import Mapping
 from typing import Any
 
-import orjson
 import structlog
 
 from proxy.answer import AssembledOutput, parse_completion
-from proxy.config import ProductionSettings
+from proxy.config import ProductionSettings, Settings
 from proxy.errors import upstream_error_code
-from proxy.forward import Exchange
+from proxy.forward import Exchange, Incoming
 from proxy.lake.rows import OMIT_KEY
 from proxy.lake.schema import PRODUCTION
 from proxy.mirror import Mirror, RowRecorder
-from proxy.sampling import SamplingDecision
+from proxy.request_row import parse_json_object, request_row
+from proxy.sampling import Sampler, SamplingDecision
 from proxy.streaming import StreamAssembler
 from proxy.upstream import UpstreamResponse
 
@@ -39,58 +40,11 @@ _TAIL_BYTES = 4096
 _USAGE_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 
 
-def prompt_part(route: str, body: Mapping[str, Any]) -> Any:
-    """The part of a request body that is the prompt: messages, prompt, or input."""
-    if route == "/v1/chat/completions":
-        return body.get("messages")
-    if route == "/v1/completions":
-        return body.get("prompt")
-    if route == "/v1/responses" and body.get("instructions") is not None:
-        return {"instructions": body.get("instructions"), "input": body.get("input")}
-    return body.get("input")
-
-
-def prompt_hash(route: str, body: Mapping[str, Any]) -> str | None:
-    """sha256 hex of the prompt part, canonically serialised; None when there is none."""
-    part = prompt_part(route, body)
-    if part is None:
-        return None
-    try:
-        canonical = orjson.dumps(part, option=orjson.OPT_SORT_KEYS)
-    except TypeError:
-        return None
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def request_row(
-    *,
-    request_id: str,
-    received_at: int,
-    route: str,
-    method: str,
-    raw_body: bytes,
-    body: dict[str, Any] | None,
-    decision: SamplingDecision,
-    omit: bool,
-) -> dict[str, Any]:
-    """The `requests` row; the body goes in as received (the recorder decodes and redacts)."""
-    model = body.get("model") if body is not None else None
-    return {
-        "request_id": request_id,
-        "received_at": received_at,
-        "route": route,
-        "method": method,
-        "model": model if isinstance(model, str) else None,
-        "stream": body is not None and body.get("stream") is True,
-        "body": raw_body if raw_body else None,
-        "prompt_hash": prompt_hash(route, body) if body is not None else None,
-        "session_id": decision.session_id,
-        "tags": list(decision.tags),
-        "sample_rate": decision.sample_rate,
-        "mirrored": decision.mirrored,
-        "content_omitted": omit,
-        OMIT_KEY: omit,
-    }
+def _not_sampled(reason: str) -> SamplingDecision:
+    """The decision used when the sampler itself failed: record, never mirror."""
+    return SamplingDecision(
+        mirrored=False, sample_rate=0.0, tags=[], session_id=None, reason=reason
+    )
 
 
 def production_cost(production: ProductionSettings, output: AssembledOutput | None) -> float | None:
@@ -111,24 +65,27 @@ class Capture:
         *,
         recorder: RowRecorder,
         mirror: Mirror,
-        production: ProductionSettings,
-        request_id: str,
-        route: str,
-        body: dict[str, Any] | None,
-        stream: bool,
-        decision: SamplingDecision,
-        omit: bool,
+        sampler: Sampler,
+        settings: Settings,
+        incoming: Incoming,
+        body: bytes,
+        received_at: int,
     ) -> None:
-        """Start watching: nothing is recorded for the answer until `finish`."""
+        """Cheap on purpose: it runs before production is asked; `sent` does the rest."""
         self._recorder = recorder
         self._mirror = mirror
-        self._production = production
-        self.request_id = request_id
-        self.route = route
-        self._body = body
-        self._stream = stream
-        self._decision = decision
-        self._omit = omit
+        self._sampler = sampler
+        self._settings = settings
+        self._incoming = incoming
+        self._raw_body = body
+        self._received_at = received_at
+        self.request_id = incoming.request_id
+        self.route = incoming.path
+        self._begun = False
+        self._body: dict[str, Any] | None = None
+        self._stream = False
+        self._decision: SamplingDecision | None = None
+        self._omit = False
         self._submitted = False
         self._assembler: StreamAssembler | None = None
         self._parts: list[bytes] | None = None
@@ -137,9 +94,46 @@ class Capture:
         self._inflate: Any = None
         self._broken = False
 
+    def sent(self) -> None:
+        """The request is on its way to production: decide about mirroring and record the
+        `requests` row, once. Also run by `finish` when the request never got sent."""
+        if self._begun:
+            return
+        self._begun = True
+        incoming, storage = self._incoming, self._settings.storage
+        try:
+            self._body = body = parse_json_object(self._raw_body)
+            self._stream = body is not None and body.get("stream") is True
+            try:
+                decision = self._sampler.decide(self.route, incoming.headers, body)
+            except Exception:
+                log.exception("sampling failed; request not mirrored", route=self.route)
+                decision = _not_sampled("sampler_error")
+            self._decision = decision
+            self._omit = omit = (
+                not storage.store_content
+                or incoming.headers.get(storage.omit_header, "").strip().lower() == "content"
+            )
+            self._recorder.record(
+                "requests",
+                request_row(
+                    request_id=self.request_id,
+                    received_at=self._received_at,
+                    route=self.route,
+                    method=incoming.method,
+                    raw_body=self._raw_body,
+                    body=body,
+                    decision=decision,
+                    omit=omit,
+                ),
+            )
+        except Exception:  # recording must never break the relay
+            log.exception("request not recorded", route=self.route)
+
     def submit_mirror(self) -> None:
         """Hand a mirrored request to the mirror, once, after production was asked."""
-        if self._submitted or not self._decision.mirrored or self._body is None:
+        decision = self._decision
+        if self._submitted or decision is None or not decision.mirrored or self._body is None:
             return
         self._submitted = True
         try:
@@ -227,6 +221,7 @@ class Capture:
         A mirrored request whose production answer never started (timeout, disconnect) is
         still handed to the mirror now; one production could not even be sent to is not.
         """
+        self.sent()
         if exchange.error != "connect":
             self.submit_mirror()
         try:
@@ -257,7 +252,7 @@ class Capture:
                 "finish_reason": output.finish_reason if output is not None else None,
                 "prompt_tokens": output.prompt_tokens if output is not None else None,
                 "completion_tokens": output.completion_tokens if output is not None else None,
-                "cost_usd": production_cost(self._production, output),
+                "cost_usd": production_cost(self._settings.production, output),
                 "logprobs": output.logprobs if output is not None else None,
                 "stream": self._stream,
                 "attempt": 0,

@@ -54,6 +54,7 @@ _REQUEST_DROP_RAW = frozenset(name.encode("ascii") for name in _REQUEST_DROP)
 SHADOW_PREFIX = "x-shadow-"
 _SHADOW_PREFIX_RAW = SHADOW_PREFIX.encode("ascii")
 
+OnSent = Callable[[], None]
 OnHeaders = Callable[[UpstreamResponse], None]
 OnChunk = Callable[[bytes], None]
 
@@ -204,20 +205,24 @@ class Forwarder:
         answer: ClientAnswer,
         *,
         identity: bool = False,
+        on_sent: OnSent | None = None,
         on_headers: OnHeaders | None = None,
         on_chunk: OnChunk | None = None,
     ) -> None:
         """Forward `incoming` (whose body was already read) and stream production's answer.
 
-        `on_headers` runs once production's response headers arrived; `on_chunk` sees every
-        body chunk right after it was written to the client. Both must be quick and must
-        not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
+        `on_sent` runs once, right after the request was written to production (work put
+        there is done while production works, not before it is asked); `on_headers` once
+        production's response headers arrived; `on_chunk` sees every body chunk right after
+        it was written to the client. Each must be quick and must not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
         """
         target = self.upstream_target(incoming.raw_path)
         headers = self.request_headers(incoming, identity=identity)
         exchange.started_at, exchange.t0 = now_us(), time.perf_counter()
         try:
-            upstream = await self._pool.request(incoming.method, target, headers, body)
+            upstream = await self._pool.request(
+                incoming.method, target, headers, body, on_sent=on_sent
+            )
         except asyncio.CancelledError:
             exchange.fail("dropped", "client disconnected")
             raise

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from proxy.upstream_conn import (
@@ -143,13 +143,20 @@ class UpstreamPool:
         self._closing = False
 
     async def request(
-        self, method: str, target: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        on_sent: Callable[[], None] | None = None,
     ) -> UpstreamResponse:
         """Send one request; return once the answer's headers arrived.
 
         `target` is the path and query as sent; `headers` (names and values as bytes) must
         not hold Host or Content-Length (set here); a line break in any of them raises
-        ValueError. The caller must `release()` or `close()` the answer.
+        ValueError. `on_sent` (which must not raise) runs once, right after the request was
+        first written. The caller must `release()` or `close()` the answer.
         """
         parts = [
             method.encode("ascii"),
@@ -182,6 +189,9 @@ class UpstreamPool:
             for attempt in range(2):
                 conn = await self._connection(deadline, reuse=attempt == 0)
                 conn.send(head, body, method == "HEAD", deadline, self._read_timeout)
+                if on_sent is not None:
+                    on_sent()
+                    on_sent = None
                 try:
                     response = await conn.response()
                 except _Disconnected as exc:

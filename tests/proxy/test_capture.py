@@ -18,7 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 
+import proxy.capture as capture_module
 from proxy.lake.reader import connect
+from proxy.upstream_conn import Connection
 from tests.proxy.conftest import (
     CHAT_TEXT,
     FakeUpstream,
@@ -396,6 +398,37 @@ async def test_unreachable_production_is_not_mirrored(
     assert [(r["target"], r["error"]) for r in rows(proxy, "responses")] == [
         ("production", "connect")
     ]
+    # Never sent, still recorded: the request row is written when the exchange ends.
+    [req] = rows(proxy, "requests")
+    assert req["model"] == "m" and req["sample_rate"] == 1.0
+
+
+async def test_request_goes_to_production_before_it_is_parsed_sampled_or_recorded(
+    upstream: FakeUpstream, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The capture's request-side work runs while production works, not before it is asked."""
+    events: list[str] = []
+    send, parse = Connection.send, capture_module.parse_json_object
+
+    def traced_send(self: Connection, *args: Any) -> None:
+        events.append("sent")
+        send(self, *args)
+
+    def traced_parse(body: bytes) -> Any:
+        events.append("parsed")
+        return parse(body)
+
+    monkeypatch.setattr(Connection, "send", traced_send)
+    monkeypatch.setattr(capture_module, "parse_json_object", traced_parse)
+    proxy = await start_proxy(upstream.base_url)
+    for _ in range(2):
+        status, _, _ = await post(
+            proxy.base_url + "/chat/completions", {"model": "m", "messages": MESSAGES}
+        )
+        assert status == 200
+    await proxy.stop()
+    assert events == ["sent", "parsed"] * 2
+    assert [r["model"] for r in rows(proxy, "requests")] == ["m", "m"]
 
 
 async def test_compressed_answer_is_relayed_as_is_and_recorded_decoded(

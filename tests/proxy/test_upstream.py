@@ -198,6 +198,31 @@ async def test_keep_alive_race_retries_once_on_a_fresh_connection(start):
     assert srv.accepted == 2 and [c for c, _, _ in srv.requests] == [1, 1, 2]
 
 
+async def test_on_sent_runs_once_after_the_first_write_and_never_without_one(start):
+    # Connection 1 answers its first request, then closes on the second without a byte, so
+    # the second request is written twice (the keep-alive race): still one on_sent.
+    srv, pool = await start(
+        replying(lambda srv, c, _: OK if c > 1 or len(srv.on_conn(c)) == 1 else None)
+    )
+    calls: list[int] = []
+
+    def sent() -> None:
+        calls.append(srv.accepted)  # runs right after the write, before the answer is read
+
+    for _ in range(2):
+        resp = await pool.request("GET", "/", [], b"", on_sent=sent)
+        assert await read_all(resp) == b"ok"
+        resp.release()
+    assert calls == [1, 1] and srv.accepted == 2
+    with socket.socket() as sock:  # bound, not listening: connecting is refused
+        sock.bind(("127.0.0.1", 0))
+        refused = pool_at(sock.getsockname()[1])
+        with pytest.raises(UpstreamError):
+            await refused.request("GET", "/", [], b"", on_sent=sent)
+        await refused.close()
+    assert calls == [1, 1]  # nothing was written: no on_sent
+
+
 async def test_fresh_connection_closed_before_answer_fails_without_retry_loop(start):
     # Only the very first request is answered; every other one meets a close.
     srv, pool = await start(replying(lambda srv, c, _: OK if len(srv.requests) == 1 else None))
