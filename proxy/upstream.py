@@ -189,16 +189,16 @@ class UpstreamPool:
             for attempt in range(2):
                 conn = await self._connection(deadline, reuse=attempt == 0)
                 conn.send(head, body, method == "HEAD", deadline, self._read_timeout)
-                if on_sent is not None:
-                    on_sent()
-                    on_sent = None
                 try:
+                    if on_sent is not None:
+                        sent, on_sent = on_sent, None  # once, even if the send is retried
+                        sent()
                     response = await conn.response()
                 except _Disconnected as exc:
                     if exc.early and conn.reused:
                         continue  # the server closed an idle connection as we sent on it
                     raise
-                except asyncio.CancelledError:
+                except BaseException:  # cancelled, or on_sent broke its promise
                     conn.abort()
                     raise
                 conn.slots = self._slots  # released when the relay is done with the answer

@@ -223,6 +223,19 @@ async def test_on_sent_runs_once_after_the_first_write_and_never_without_one(sta
     assert calls == [1, 1]  # nothing was written: no on_sent
 
 
+async def test_a_failing_on_sent_closes_its_connection_and_frees_its_slot(start):
+    srv, pool = await start(replying(OK), limit=1)
+
+    def broken() -> None:
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        await pool.request("GET", "/", [], b"", on_sent=broken)
+    assert await asyncio.wait_for(srv.ended.get(), 5) == 1  # closed, not pooled
+    assert (await fetch(pool))[1] == b"ok"  # the one slot is free again
+    assert srv.accepted == 2
+
+
 async def test_fresh_connection_closed_before_answer_fails_without_retry_loop(start):
     # Only the very first request is answered; every other one meets a close.
     srv, pool = await start(replying(lambda srv, c, _: OK if len(srv.requests) == 1 else None))
