@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client import Counter as PromCounter
+from prometheus_client import CollectorRegistry
 
 from proxy.config import StorageSettings
 from proxy.lake import catalog
 from proxy.lake.compaction import compact
+from proxy.lake.recorder_metrics import RecorderMetrics
 from proxy.lake.redaction import Redactor
 from proxy.lake.rows import Prepared, TableBuilder
 from proxy.lake.schema import DATASETS
@@ -56,53 +56,6 @@ CLOSE_ATTEMPTS = 3
 CATALOG_WAIT_S = 30.0
 # Fast to write on the request-serving host; compaction later rewrites segments as zstd.
 LIVE_COMPRESSION = "snappy"
-
-
-class _Metrics:
-    """The recorder's Prometheus metrics, registered on the registry it is given."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.records = PromCounter(
-            "shadoweval_recorder_records",
-            "Rows accepted by the recorder, by dataset.",
-            ["dataset"],
-            registry=registry,
-        )
-        self.written = PromCounter(
-            "shadoweval_recorder_rows_written",
-            "Rows written to the lake, by dataset.",
-            ["dataset"],
-            registry=registry,
-        )
-        self.segments = PromCounter(
-            "shadoweval_recorder_segments_written",
-            "Segments written to the lake, by dataset.",
-            ["dataset"],
-            registry=registry,
-        )
-        self.dropped = PromCounter(
-            "shadoweval_recorder_dropped",
-            "Rows the recorder dropped, by dataset and reason "
-            "(buffer_full, closed, invalid, write_failed).",
-            ["dataset", "reason"],
-            registry=registry,
-        )
-        self.flush_errors = PromCounter(
-            "shadoweval_recorder_flush_errors",
-            "Segment writes that failed (their rows are retried).",
-            registry=registry,
-        )
-        self.buffered = Gauge(
-            "shadoweval_recorder_buffered_rows",
-            "Rows held in memory: buffered, being written or waiting for a retry.",
-            registry=registry,
-        )
-        self.flush_seconds = Histogram(
-            "shadoweval_recorder_flush_seconds",
-            "Time to convert, redact and write one flush.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=registry,
-        )
 
 
 class LakeRecorder(Protocol):
@@ -164,7 +117,7 @@ class Recorder:
         self._unwarned_drops = 0
         self._drop_reason = "buffer_full"
         self._last_drop_warning = float("-inf")
-        self.metrics = _Metrics(registry if registry is not None else CollectorRegistry())
+        self.metrics = RecorderMetrics(registry if registry is not None else CollectorRegistry())
         self.metrics.buffered.set_function(lambda: self._held)
 
     @property

@@ -30,19 +30,17 @@ import pickle
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 
 from proxy.config import LoggingSettings, StorageSettings
-from proxy.lake.recorder import DROP_WARN_INTERVAL_S, _Metrics
+from proxy.lake.recorder import DROP_WARN_INTERVAL_S
+from proxy.lake.recorder_metrics import DROPPED, WRITTEN, WriterMetrics
 from proxy.lake.schema import DATASETS
 from proxy.lake.writer import check_writer_id, default_writer_id
-from proxy.lake.writer_child import BUFFERED, Snapshot, frame, read_frame, snapshot
+from proxy.lake.writer_child import frame, read_frame
 from proxy.tasks import TaskSet
 
 log = structlog.get_logger("shadoweval.recorder")
@@ -57,57 +55,6 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_S = 60.0  # a writer up this long was healthy: the next restart starts the backoff over
 CLOSE_RESTARTS = 3
 CLOSE_TIMEOUT_S = 60.0
-DROPPED = "shadoweval_recorder_dropped"
-WRITTEN = "shadoweval_recorder_rows_written"
-
-
-class _WriterMetrics(Collector):
-    """The recorder's metric families: the writers' counters summed over restarts, plus ours."""
-
-    def __init__(self) -> None:
-        # A zero snapshot gives every family its type and help before the first report.
-        zero = CollectorRegistry()
-        _Metrics(zero)
-        self._zero = snapshot(zero)
-        self.past: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
-        self.current: Snapshot = {}
-        self.dropped: Counter[tuple[str, str]] = Counter()  # (dataset, reason) dropped here
-        self.held = 0
-
-    def retire(self) -> None:
-        """The current writer ended: its counters become part of the past."""
-        for family, (typ, _, samples) in self.current.items():
-            if typ in ("counter", "histogram"):
-                for key, value in samples.items():
-                    self.past[(family, *key)] = self.past.get((family, *key), 0.0) + value
-        self.current = {}
-
-    def value(self, family: str, sample: str, labels: dict[str, str]) -> float:
-        key = (sample, tuple(sorted(labels.items())))
-        now = self.current.get(family, ("", "", {}))[2].get(key, 0.0)
-        return self.past.get((family, *key), 0.0) + now
-
-    def collect(self) -> Iterable[Metric]:
-        for family, (typ, doc, zero) in self._zero.items():
-            metric = Metric(family, doc, typ)
-            if family == BUFFERED:
-                metric.add_sample(BUFFERED, {}, float(self.held))
-                yield metric
-                continue
-            # In the order first seen (a histogram's buckets stay in increasing order).
-            keys = dict.fromkeys(zero)
-            keys.update(dict.fromkeys(self.current.get(family, ("", "", {}))[2]))
-            keys.update(dict.fromkeys((s, lab) for (f, s, lab) in self.past if f == family))
-            if family == DROPPED:
-                for dataset, reason in self.dropped:
-                    keys[(DROPPED + "_total", (("dataset", dataset), ("reason", reason)))] = None
-            for sample, labels in keys:
-                value = self.value(family, sample, dict(labels))
-                if family == DROPPED:
-                    lab = dict(labels)
-                    value += self.dropped[(lab["dataset"], lab["reason"])]
-                metric.add_sample(sample, dict(labels), value)
-            yield metric
 
 
 class ProcessRecorder:
@@ -146,7 +93,7 @@ class ProcessRecorder:
         self._unwarned, self._last_warning = 0, float("-inf")
         self._up = asyncio.Event()  # set at the first report of the first writer
         self._stop = asyncio.Event()  # set by close(): cuts a restart backoff short
-        self.metrics = _WriterMetrics()
+        self.metrics = WriterMetrics()
         (registry if registry is not None else CollectorRegistry()).register(self.metrics)
 
     def _count_held(self) -> None:
