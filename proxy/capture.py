@@ -81,7 +81,7 @@ class Capture:
         self._received_at = received_at
         self.request_id = incoming.request_id
         self.route = incoming.path
-        self._begun = False
+        self._begun = self._written = False
         self._body: dict[str, Any] | None = None
         self._stream = False
         self._decision: SamplingDecision | None = None
@@ -95,13 +95,23 @@ class Capture:
         self._broken = False
 
     def sent(self) -> None:
-        """The request is on its way to production: decide about mirroring and record the
-        `requests` row, once. Also run by `finish` when the request never got sent."""
+        """The request was written to production (the relay's `on_sent` hook): decide about
+        mirroring and record the `requests` row while production works."""
+        self._written = True
+        self._begin()
+
+    def _begin(self) -> None:
+        """Record the `requests` row and take the sampling decision, once."""
         if self._begun:
             return
         self._begun = True
         incoming, storage = self._incoming, self._settings.storage
         try:
+            # First, so that no later failure can let this request's content be stored.
+            self._omit = omit = (
+                not storage.store_content
+                or incoming.headers.get(storage.omit_header, "").strip().lower() == "content"
+            )
             self._body = body = parse_json_object(self._raw_body)
             self._stream = body is not None and body.get("stream") is True
             try:
@@ -109,11 +119,6 @@ class Capture:
             except Exception:
                 log.exception("sampling failed; request not mirrored", route=self.route)
                 decision = _not_sampled("sampler_error")
-            self._decision = decision
-            self._omit = omit = (
-                not storage.store_content
-                or incoming.headers.get(storage.omit_header, "").strip().lower() == "content"
-            )
             self._recorder.record(
                 "requests",
                 request_row(
@@ -127,6 +132,7 @@ class Capture:
                     omit=omit,
                 ),
             )
+            self._decision = decision  # no mirroring for a request whose row failed
         except Exception:  # recording must never break the relay
             log.exception("request not recorded", route=self.route)
 
@@ -219,10 +225,12 @@ class Capture:
         """Record production's `responses` row (also after failures and disconnects).
 
         A mirrored request whose production answer never started (timeout, disconnect) is
-        still handed to the mirror now; one production could not even be sent to is not.
+        still handed to the mirror now; one production never received is not (a refused
+        or timed-out connection, no free connection in time, a client gone before the send):
+        there would be no production answer to compare with.
         """
-        self.sent()
-        if exchange.error != "connect":
+        self._begin()  # a request never sent is still recorded
+        if self._written and exchange.error != "connect":
             self.submit_mirror()
         try:
             output, code = self._output(exchange.status)

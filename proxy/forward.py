@@ -214,7 +214,8 @@ class Forwarder:
         `on_sent` runs once, right after the request was written to production (work put
         there is done while production works, not before it is asked); `on_headers` once
         production's response headers arrived; `on_chunk` sees every body chunk right after
-        it was written to the client. Each must be quick and must not raise. Raises ProxyHTTPError (502/504) when production gives no answer.
+        it was written to the client. Each must be quick and must not raise. Raises
+        ProxyHTTPError (502/504) when production gives no answer.
         """
         target = self.upstream_target(incoming.raw_path)
         headers = self.request_headers(incoming, identity=identity)

@@ -403,6 +403,46 @@ async def test_unreachable_production_is_not_mirrored(
     assert req["model"] == "m" and req["sample_rate"] == 1.0
 
 
+async def test_a_request_production_never_received_is_recorded_but_not_mirrored(
+    upstream: FakeUpstream, candidate: FakeUpstream, start_proxy: ProxyFactory
+) -> None:
+    """One pooled connection, held by the first request: the second times out waiting for
+    it, unsent. Both are recorded; only the first, which production got, is mirrored."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        entered.set()
+        await release.wait()
+        return web.json_response({})
+
+    upstream.handlers[("POST", "/v1/chat/completions")] = held
+    proxy = await start_proxy(
+        upstream.base_url,
+        production={"pool_size": 1, "total_timeout_s": 1.5},
+        sampling={"rate": 1.0},
+        candidates=[{"name": "small", "base_url": candidate.base_url, "model": "small-model"}],
+    )
+    url = proxy.base_url + "/chat/completions"
+    first = asyncio.create_task(post(url, {"model": "first", "messages": MESSAGES}))
+    await entered.wait()
+    second = await post(url, {"model": "second", "messages": MESSAGES})
+    assert second[0] == 504
+    assert (await first)[0] == 504  # production held it past the total timeout too
+    release.set()
+    for _ in range(100):
+        if candidate.seen:
+            break
+        await asyncio.sleep(0.05)
+    await proxy.stop()
+    assert len(candidate.seen) == 1
+    assert len(upstream.seen) == 1
+    by_model = {r["model"]: r for r in rows(proxy, "requests")}
+    assert set(by_model) == {"first", "second"}
+    assert all(r["mirrored"] for r in by_model.values())  # the sampler said yes to both
+    mirrored = [r for r in rows(proxy, "responses") if r["target"] == "small"]
+    assert [r["request_id"] for r in mirrored] == [by_model["first"]["request_id"]]
+
+
 async def test_request_goes_to_production_before_it_is_parsed_sampled_or_recorded(
     upstream: FakeUpstream, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
