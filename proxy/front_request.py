@@ -81,7 +81,7 @@ async def serve_request(
     path = target.partition("?")[0]
     t0 = time.perf_counter()
     received_at = now_us()
-    exchange = Exchange.begin()
+    exchange = Exchange(received_at, t0)  # the clock read once; `relay` resets it at the send
     answer = LeanAnswer(conn, rid, keep)
     status = 500
     err: ProxyHTTPError | None = None

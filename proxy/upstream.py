@@ -155,8 +155,9 @@ class UpstreamPool:
 
         `target` is the path and query as sent; `headers` (names and values as bytes) must
         not hold Host or Content-Length (set here); a line break in any of them raises
-        ValueError. `on_sent` (which must not raise) runs once, right after the request was
-        first written. The caller must `release()` or `close()` the answer.
+        ValueError. `on_sent` runs once, right after the request was first written (should it
+        raise, the connection is closed and the error passes on). The caller must
+        `release()` or `close()` the answer.
         """
         parts = [
             method.encode("ascii"),
